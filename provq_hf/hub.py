@@ -1,0 +1,94 @@
+"""Model cards and Hub uploads for saved model folders (tokenizers and generators)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+logger = logging.getLogger(__name__)
+
+
+class HubUploadError(RuntimeError):
+    """Raised when a folder could not be uploaded; the local copy is untouched."""
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def write_model_card(
+    folder: str | os.PathLike,
+    title: str,
+    summary: str,
+    settings: dict,
+    metrics: dict | None = None,
+    evaluation_protocol: str | None = None,
+    usage: str | None = None,
+    tags: tuple[str, ...] = ("provq", "image-tokenizer", "vector-quantization"),
+) -> Path:
+    """Write `folder/README.md`: YAML metadata, a summary, the settings table, metrics and protocol."""
+    lines = ["---", "library_name: transformers", "tags:"]
+    lines += [f"- {tag}" for tag in tags]
+    lines += ["---", "", f"# {title}", "", summary, ""]
+    if usage:
+        lines += ["## Usage", "", "```python", usage.strip(), "```", ""]
+    lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| `{key}` | {_format_value(value)} |" for key, value in settings.items()]
+    lines.append("")
+    if metrics:
+        lines += ["## Measured metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| `{key}` | {_format_value(value)} |" for key, value in metrics.items() if not isinstance(value, dict)]
+        lines.append("")
+    if evaluation_protocol:
+        lines += ["## Evaluation protocol", "", evaluation_protocol, ""]
+    path = Path(folder) / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def read_metrics(folder: str | os.PathLike) -> dict | None:
+    """Return `folder/metrics.json` if an evaluation wrote one there, else None."""
+    path = Path(folder) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Upload a saved model folder to the Hub repo `repo_id` and return the commit URL.
+
+    Fails fast with HubUploadError when offline mode is on (HF_HUB_OFFLINE=1) or the Hub cannot be
+    reached. The token is passed through to huggingface_hub and never logged.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{str(folder)!r} has no config.json; save the model with save_pretrained first.")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise HubUploadError(
+            f"Cannot push {str(folder)!r} to the Hub repo {repo_id!r}: HF_HUB_OFFLINE is set. The model is saved "
+            f"locally; run `python scripts/push_to_hub.py --model_dir {folder} --hub_model_id {repo_id}` with network access."
+        )
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=private)
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            commit_message="Upload ProVQ-HF model",
+            ignore_patterns=["checkpoint-*", ".tmp-*", "logs/*"],
+        )
+    except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
+        raise HubUploadError(
+            f"Upload of {str(folder)!r} to the Hub repo {repo_id!r} failed ({type(error).__name__}: {error}). "
+            "The model is saved locally; check the network and your token (HF_TOKEN or `hf auth login`), "
+            "then run scripts/push_to_hub.py."
+        ) from error
+    logger.info(f"Pushed {folder} to {repo_id}")
+    return str(commit)

@@ -1,0 +1,54 @@
+"""Pieces of the tokenizer training loop that are worth testing on their own."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+
+
+
+def make_accelerator(**kwargs) -> Accelerator:
+    """Create an Accelerator that runs one process per `torchrun` worker on CPU-only machines too.
+
+    Without a GPU, a plain `Accelerator()` started by torchrun reports a single process
+    (`DistributedType.NO`); asking for `cpu=True` turns it into a real gloo process group.
+    """
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        kwargs.setdefault("cpu", True)
+    return Accelerator(**kwargs)
+
+
+@torch.no_grad()
+def collect_latents(model: nn.Module, batches: Iterable[dict], max_latents: int) -> torch.Tensor:
+    """Encode batches until `max_latents` latent vectors `[N, D]` are collected (this process only)."""
+    collected, count = [], 0
+    for batch in batches:
+        latents = model.encode_latents(batch["pixel_values"])
+        flat = latents.reshape(-1, latents.shape[-1])
+        collected.append(flat)
+        count += flat.shape[0]
+        if count >= max_latents:
+            break
+    if not collected:
+        raise ValueError("No batches to collect latents from; the training split is empty.")
+    return torch.cat(collected)[:max_latents]
+
+
+def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split parameters into a decayed group (matrices and conv kernels) and an undecayed one (the rest)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def batches_per_epoch(num_examples: int, batch_size: int, num_processes: int) -> int:
+    """Batches each process sees per epoch when a prepared dataloader shards `num_examples` examples."""
+    return math.ceil(num_examples / (batch_size * num_processes))
