@@ -215,11 +215,11 @@ class LlamaGenForClassConditionalGeneration(LlamaGenPreTrainedModel):
         hidden_states = self.token_dropout(torch.cat(pieces, dim=1))
 
         query_length = hidden_states.shape[1]
-        max_length = 1 + self.config.num_image_tokens
-        if past_length + query_length > max_length:
+        # Position t predicts image token t, so the last image token is never fed in.
+        if past_length + query_length > self.config.num_image_tokens:
             raise ValueError(
-                f"Sequence of {past_length + query_length} positions exceeds the class token plus "
-                f"grid_size**2 = {self.config.num_image_tokens} image tokens."
+                f"Sequence of {past_length + query_length} positions exceeds grid_size**2 = "
+                f"{self.config.num_image_tokens}: feed the class token and at most all but the last image token."
             )
         positions = torch.arange(past_length, past_length + query_length, device=hidden_states.device)
         cos, sin = grid_rope_cos_sin(positions, self.config.grid_size, self.config.head_dim, self.config.rope_theta)

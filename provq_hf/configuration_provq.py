@@ -45,12 +45,12 @@ PRESETS: dict[str, dict] = {
     "small-color": {
         "image_size": 32,
         "num_channels": 3,
-        "base_channels": 32,
+        "base_channels": 16,
         "ch_mult": [1, 2, 2],
         "num_res_blocks": 1,
-        "z_channels": 64,
+        "z_channels": 32,
         "mid_attention": False,
-        "norm_num_groups": 16,
+        "norm_num_groups": 8,
         "codebook_size": 512,
         "codebook_dim": 8,
         "codebook_l2_norm": False,
@@ -85,7 +85,7 @@ class ProVQConfig(PretrainedConfig):
         method: one of `vanilla`, `warmup_hard`, `soft_only`, `provq_linear`, `provq_cosine` (alias `provq`).
             The method decides which phases exist; steps given for a phase the method does not have are
             ignored (see `effective_manifold_warmup_steps` and `effective_transition_steps`).
-        manifold_warmup_steps: `T_w`, steps during which the decoder sees the continuous latent.
+        manifold_warmup_steps: `T_w`, steps during which the decoder receives the continuous latent.
         transition_steps: `T_s`, steps of the soft-to-hard blend after the warmup (0 = hard switch).
         omega: weight of the VQ terms during the transition: `alpha` (w = a(t)) or `constant` (w = 1).
         kmeans_num_samples: maximum number of latents (over all processes) for the K-Means init.

@@ -8,7 +8,7 @@ Phases, with `T_w` the manifold warmup and `T_s` the transition length (both in 
 
 with `a(t) = 0.5 * (1 - cos(pi * (t - T_w) / T_s))` (or `(t - T_w) / T_s` for the linear ablation) and
 `vq = codebook + beta * commitment`. The VQ weight `w(t)` is `a(t)` by default, or 1 from `T_w` on with
-`omega="constant"`; it is 0 during the warmup either way, so the warmup trains reconstruction only.
+`omega="constant"`. It is 0 during the warmup either way, so the warmup trains reconstruction only.
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ def _require(module: str):
         return __import__(module, fromlist=["_"])
     except ImportError as err:
         raise ImportError(
-            f"The built-in datasets need {module!r}; install them with `pip install 'provq-hf[data]'`."
+            f"The built-in datasets need {module!r}. Install them with `pip install 'provq-hf[data]'`."
         ) from err
 
 
@@ -416,6 +416,8 @@ def _load_hub_dataset(dataset_id: str, split: str, hf_cache_dir: str | None) -> 
     if _hub_offline() and not datasets.config.HF_HUB_OFFLINE:
         # The offline variable was set after `datasets` was imported, so `datasets` would still go online.
         raise ValueError(f"{not_local}, but HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set.")
+    # NOTE: in offline mode an id missing from the cache fails at once. Online, an unreachable Hub fails
+    # only after the HTTP client's connection timeouts and retries, which this module does not shorten.
     try:
         dataset = datasets.load_dataset(dataset_id, split=split, cache_dir=hf_cache_dir)
     except (OSError, datasets.exceptions.DatasetNotFoundError) as err:

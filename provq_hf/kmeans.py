@@ -1,8 +1,8 @@
 """K-Means codebook initialization: k-means++ seeding and Lloyd iterations in float32, chunked.
 
-Distances are computed in chunks of latents so that the largest temporary is about
-`chunk_elements` floats (64 MiB by default): 16384 codes x 65536 latents of dimension 8 then needs
-the data, the centers and one chunk, a few hundred MB in all. Under `torch.distributed`, latents are
+Distances are computed in chunks of latents, so the largest temporary holds about `chunk_elements`
+floats (64 MiB by default). For 16384 codes and 65536 latents of dimension 8, memory then covers the
+data, the centers and one chunk. Under `torch.distributed`, latents are
 gathered from every process, K-Means runs on rank 0, and the centers are broadcast, so every process
 ends with the identical codebook.
 """

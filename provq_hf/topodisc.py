@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from .configuration_provq import METHODS, ProVQConfig
 from .metrics import codebook_metrics, codebook_utilization
@@ -35,6 +37,8 @@ DISK_RADIUS = 1.0
 TRIANGLE_VERTICES = ((0.25, -1.0), (2.25, -1.0), (1.25, 1.0))
 
 METRIC_KEYS = ("reconstruction_mse", "chamfer_distance", "codebook_utilization", "perplexity", "dead_codes", "code_spread")
+TABLE_KEYS = ("reconstruction_mse", "chamfer_distance", "codebook_utilization", "perplexity")
+DATA_SEED_OFFSET = 1000
 
 
 @dataclass
@@ -51,14 +55,17 @@ class TopoDiscSettings:
     codebook_size: int = 256
     hidden_dim: int = 128  # width of the MLP encoder and decoder
     num_hidden_layers: int = 3
-    steps: int = 3000  # optimizer steps, the same budget for every method
+    steps: int = 2400  # optimizer steps, the same budget for every method
     batch_size: int = 256
     learning_rate: float = 2e-3
-    manifold_warmup_steps: int = 1000  # T_w
-    transition_steps: int = 1000  # T_s
+    manifold_warmup_steps: int = 800  # T_w
+    transition_steps: int = 800  # T_s
     omega: str = "alpha"
     seeds: tuple[int, ...] = (0, 1, 2)
     log_every: int = 50  # steps between codebook-utilization measurements
+    # The matrices are tiny, so extra threads only add synchronization; on a busy 2-core machine two
+    # threads made a run about 4x slower than one.
+    num_threads: int = 1
 
     @classmethod
     def small(cls) -> "TopoDiscSettings":
@@ -69,16 +76,17 @@ class TopoDiscSettings:
             codebook_size=64,
             hidden_dim=64,
             num_hidden_layers=2,
-            steps=600,
+            steps=240,
             batch_size=128,
-            manifold_warmup_steps=200,
-            transition_steps=200,
+            manifold_warmup_steps=80,
+            transition_steps=80,
             log_every=25,
         )
 
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid setting."""
-        for name in ("num_points", "num_eval_points", "codebook_size", "hidden_dim", "steps", "batch_size", "log_every"):
+        positive = ("num_points", "num_eval_points", "codebook_size", "hidden_dim", "steps", "batch_size", "log_every", "num_threads")
+        for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TopoDisc setting {name} must be a positive integer, got {value!r}.")
@@ -213,7 +221,7 @@ def codebook_utilization_on(model: TopoDiscAutoencoder, points: torch.Tensor) ->
 # Training.
 @dataclass
 class TopoDiscRun:
-    """A trained model with its metrics on the held-out points and its utilization over training."""
+    """A trained model with its metrics on the held-out points and its codebook utilization over training."""
 
     method: str
     seed: int
@@ -226,7 +234,12 @@ class TopoDiscRun:
 def train_topodisc(
     method: str, seed: int, settings: TopoDiscSettings, train_points: torch.Tensor, eval_points: torch.Tensor
 ) -> TopoDiscRun:
-    """Train one TopoDisc autoencoder with `method`'s curriculum for `settings.steps` optimizer steps."""
+    """Train one TopoDisc autoencoder with `method`'s curriculum for `settings.steps` optimizer steps.
+
+    `seed` sets the weight init, the batch order and the K-Means seeding. Every `settings.log_every` steps
+    the codebook utilization of `eval_points` is measured in eval mode (fully discrete), so during a
+    warmup it is the utilization the current codebook would have, not what the decoder sees.
+    """
     config = settings.quantizer_config(method)
     torch.manual_seed(seed)
     model = TopoDiscAutoencoder(config, settings.hidden_dim, settings.num_hidden_layers)
@@ -257,4 +270,177 @@ def train_topodisc(
             history_utilization.append(codebook_utilization_on(model, eval_points))
 
     metrics = evaluate_topodisc(model, eval_points)
+    logger.info(f"{method} seed {seed}: " + ", ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
     return TopoDiscRun(method, seed, model, metrics, history_steps, history_utilization)
+
+
+def sample_topodisc_data(seed: int, settings: TopoDiscSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample the training and held-out points of one seed; every method trained with `seed` gets the same."""
+    # Offset the seed so the data and the batch order (seeded with `seed`) come from different streams.
+    generator = torch.Generator().manual_seed(DATA_SEED_OFFSET + seed)
+    train_points = sample_disk_and_triangle(settings.num_points, generator, settings.data_scale)
+    eval_points = sample_disk_and_triangle(settings.num_eval_points, generator, settings.data_scale)
+    return train_points, eval_points
+
+
+# Aggregation and reports.
+def summarize_runs(runs: list[TopoDiscRun]) -> dict:
+    """Aggregate the runs of one method over seeds: mean, sample standard deviation and per-seed values."""
+    summary = {}
+    for key in METRIC_KEYS:
+        values = torch.tensor([float(run.metrics[key]) for run in runs], dtype=torch.float64)
+        std = float(values.std()) if len(values) > 1 else 0.0  # sample std (n - 1 in the denominator)
+        summary[key] = {"mean": float(values.mean()), "std": std, "per_seed": values.tolist()}
+    summary["seeds"] = [run.seed for run in runs]
+    summary["codebook_utilization_history"] = {
+        "steps": runs[0].history_steps,
+        "per_seed": [run.history_utilization for run in runs],
+    }
+    return summary
+
+
+def format_results_table(results: dict) -> str:
+    """Render the per-method metrics of `results` (as written to results.json) as a markdown table."""
+    settings = results["settings"]
+    methods = [key for key in results if key != "settings"]
+    lines = [
+        "| method | reconstruction MSE | Chamfer distance | codebook utilization | perplexity |",
+        "|---|---|---|---|---|",
+    ]
+    for method in methods:
+        cells = [f"{results[method][key]['mean']:.4f} ± {results[method][key]['std']:.4f}" for key in TABLE_KEYS[:3]]
+        perplexity = results[method]["perplexity"]
+        cells.append(f"{perplexity['mean']:.1f} ± {perplexity['std']:.1f}")
+        lines.append(f"| `{method}` | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        f"Mean ± sample standard deviation over seeds {list(settings['seeds'])}, on {settings['num_eval_points']} "
+        f"held-out points, in eval mode (fully discrete). {settings['codebook_size']} codes of dimension 2, not "
+        f"l2-normalized; {settings['steps']} optimizer steps for every method; manifold warmup "
+        f"{settings['manifold_warmup_steps']} steps and transition {settings['transition_steps']} steps where the "
+        f"method has them; VQ weight omega = `{settings['omega']}`. Chamfer distance: mean nearest-neighbour "
+        "Euclidean distance from data to reconstructions plus from reconstructions to data. Perplexity: exp of "
+        "the entropy of the code histogram."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_topodisc(
+    settings: TopoDiscSettings, output_dir: str | Path, methods: tuple[str, ...] | list[str] = METHODS
+) -> dict:
+    """Train every method on every seed, then write results.json, results.md and the figures to `output_dir`.
+
+    Returns the dictionary written to results.json: one entry per method name plus `settings`.
+    """
+    settings.validate()
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"Invalid TopoDisc methods {list(methods)}; expected a non-empty subset of {METHODS}.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    runs: dict[str, list[TopoDiscRun]] = {method: [] for method in methods}
+    data = {seed: sample_topodisc_data(seed, settings) for seed in settings.seeds}
+    previous_num_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.num_threads)
+    try:
+        for method in methods:
+            for seed in settings.seeds:
+                runs[method].append(train_topodisc(method, seed, settings, *data[seed]))
+    finally:
+        torch.set_num_threads(previous_num_threads)
+
+    results = {"settings": dataclasses.asdict(settings)}
+    results["settings"]["seeds"] = list(settings.seeds)
+    results.update({method: summarize_runs(method_runs) for method, method_runs in runs.items()})
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output_dir / "results.md").write_text(format_results_table(results))
+
+    # The figures show the first seed of each method.
+    first_seed = settings.seeds[0]
+    eval_points = data[first_seed][1]
+    for method in methods:
+        plot_method(runs[method][0], eval_points, output_dir / f"{method}.png")
+    plot_overview([runs[method][0] for method in methods], eval_points, output_dir / "overview.png")
+    plot_utilization_history(results, output_dir / "codebook_utilization.png")
+    logger.info(f"TopoDisc results and figures written to {output_dir}")
+    return results
+
+
+# Figures.
+@torch.no_grad()
+def _draw_planes(run: TopoDiscRun, points: torch.Tensor, data_ax, latent_ax) -> None:
+    model = run.model.eval()
+    latents = model.encoder(points)
+    ids = model.quantizer.nearest_code_ids(latents)
+    codes = model.quantizer.codes()
+    decoded_codes = model.decoder(codes)
+    used = torch.zeros(len(codes), dtype=torch.bool)
+    used[ids.unique()] = True
+    # A fixed shuffle of the ids spreads the colors of neighbouring cells over the color map.
+    colors = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))[ids].numpy()
+
+    data_ax.scatter(*points.T, c=colors, cmap="tab20", s=3, linewidths=0)
+    data_ax.scatter(*decoded_codes[used].T, c="black", s=8, label="reconstructions (decoded used codes)")
+    data_ax.scatter(*decoded_codes[~used].T, c="red", marker="x", s=10, linewidths=0.7, label="decoded dead codes")
+    low, high = points.min(0).values, points.max(0).values
+    margin = 0.15 * (high - low)
+    data_ax.set_xlim(float(low[0] - margin[0]), float(high[0] + margin[0]))
+    data_ax.set_ylim(float(low[1] - margin[1]), float(high[1] + margin[1]))
+    data_ax.set_title(f"{run.method}: data plane (MSE {run.metrics['reconstruction_mse']:.4f})", fontsize=9)
+
+    latent_ax.scatter(*latents.T, c=colors, cmap="tab20", s=3, linewidths=0)
+    latent_ax.scatter(*codes[used].T, c="black", s=8, label="used codes")
+    latent_ax.scatter(*codes[~used].T, c="red", marker="x", s=10, linewidths=0.7, label="dead codes")
+    latent_ax.set_title(
+        f"{run.method}: latent plane ({int(used.sum())}/{len(codes)} codes used, "
+        f"perplexity {run.metrics['perplexity']:.1f})",
+        fontsize=9,
+    )
+    data_ax.set_aspect("equal", adjustable="box")
+    latent_ax.set_aspect("equal", adjustable="datalim")
+    for ax in (data_ax, latent_ax):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=2, fontsize=7, markerscale=1.5)
+
+
+def _new_figure(width: float, height: float, rows: int, cols: int):
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, cols, squeeze=False)
+
+
+def plot_method(run: TopoDiscRun, points: torch.Tensor, path: str | Path) -> None:
+    """Draw one run's data plane (data colored by code, reconstructions, decoded codes) and latent plane."""
+    figure, axes = _new_figure(11, 4.8, 1, 2)
+    _draw_planes(run, points, axes[0, 0], axes[0, 1])
+    figure.suptitle(f"TopoDisc, method {run.method}, seed {run.seed}: points colored by their code", fontsize=10)
+    figure.savefig(path, dpi=110)
+
+
+def plot_overview(runs: list[TopoDiscRun], points: torch.Tensor, path: str | Path) -> None:
+    """Draw the data and latent planes of several runs, one row per run."""
+    figure, axes = _new_figure(11, 4.4 * len(runs), len(runs), 2)
+    for row, run in enumerate(runs):
+        _draw_planes(run, points, axes[row, 0], axes[row, 1])
+    figure.savefig(path, dpi=80)
+
+
+def plot_utilization_history(results: dict, path: str | Path) -> None:
+    """Plot codebook utilization over training steps for every method: mean over seeds, min-max band."""
+    settings = results["settings"]
+    figure, axes = _new_figure(7, 4.2, 1, 1)
+    ax = axes[0, 0]
+    for method in (key for key in results if key != "settings"):
+        history = results[method]["codebook_utilization_history"]
+        values = torch.tensor(history["per_seed"])  # [seeds, measurements]
+        line = ax.plot(history["steps"], values.mean(0), label=method, linewidth=1.4)[0]
+        ax.fill_between(history["steps"], values.min(0).values, values.max(0).values, color=line.get_color(), alpha=0.2)
+    warmup_end = settings["manifold_warmup_steps"]
+    ax.axvline(warmup_end, color="gray", linestyle="--", linewidth=0.8)
+    ax.axvline(warmup_end + settings["transition_steps"], color="gray", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("optimizer step (dashed: T_w, dotted: T_w + T_s; soft_only's transition ends at T_s)", fontsize=8)
+    ax.set_ylabel("codebook utilization (held-out points, eval mode)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"TopoDisc: codebook utilization, {settings['codebook_size']} codes, mean and range over seeds")
+    ax.legend(fontsize=8)
+    figure.savefig(path, dpi=110)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Iterable
@@ -50,5 +51,14 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def batches_per_epoch(num_examples: int, batch_size: int, num_processes: int) -> int:
-    """Batches each process sees per epoch when a prepared dataloader shards `num_examples` examples."""
+    """Batches each process receives per epoch when a prepared dataloader shards `num_examples` examples."""
     return math.ceil(num_examples / (batch_size * num_processes))
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """Hash every parameter and buffer (names, dtypes and bytes), to compare models across processes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -39,6 +39,7 @@ from provq_hf.training import (  # noqa: E402
     collect_latents,
     make_accelerator,
     optimizer_param_groups,
+    state_dict_sha256,
 )
 
 logger = get_logger("train_tokenizer")
@@ -255,7 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.rank_info:
         info_dir = output_dir / "rank_info"
         info_dir.mkdir(parents=True, exist_ok=True)
-        info = {"process_index": accelerator.process_index, "num_processes": accelerator.num_processes, "first_batches": rank_batches}
+        info = {
+            "process_index": accelerator.process_index,
+            "num_processes": accelerator.num_processes,
+            "first_batches": rank_batches,
+            "state_sha256": state_dict_sha256(unwrapped),
+        }
         (info_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(info))
 
     # Final model, image processor and model card.

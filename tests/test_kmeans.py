@@ -1,5 +1,11 @@
 """Tests of the K-Means codebook init: accuracy, spherical mode, edge cases, chunking and determinism."""
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +16,16 @@ from provq_hf.kmeans import (
     kmeans_codebook_init,
     kmeans_plus_plus,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run on one intra-op thread: on a shared 2-core machine two threads spin-wait against other
+    processes, and these small convolutions and distance matrices then run up to 50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def seeded(seed):
@@ -251,3 +267,72 @@ def test_codebook_init_spherical_unit_norm():
     codes = kmeans_codebook_init(torch.randn(300, 8, generator=seeded(17)), 16, num_iters=5, spherical=True)
 
     assert torch.allclose(codes.norm(dim=1), torch.ones(16), atol=1e-5)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_results(tmp_path_factory):
+    """Run the K-Means codebook init under torchrun with 2 gloo processes; return each rank's saved tensors."""
+    output_dir = tmp_path_factory.mktemp("dist_kmeans")
+    repo_root = Path(__file__).resolve().parents[1]
+    worker = repo_root / "tests" / "dist_kmeans_worker.py"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    # The worker's own folder comes first on its sys.path, so name the repository root explicitly.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo_root), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(worker),
+        str(output_dir),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return [torch.load(output_dir / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+
+
+def test_two_process_both_ranks_ran(two_process_results):
+    assert [int(result["world_size"]) for result in two_process_results] == [2, 2]
+
+
+def test_two_process_ranks_saw_different_latents(two_process_results):
+    rank0, rank1 = two_process_results
+
+    assert int(rank0["num_latents"]) != int(rank1["num_latents"])
+    assert not torch.allclose(rank0["latents_checksum"], rank1["latents_checksum"])
+
+
+def test_two_process_codebooks_identical(two_process_results):
+    rank0, rank1 = two_process_results
+
+    assert torch.equal(rank0["codebook"], rank1["codebook"])
+    assert torch.equal(rank0["subsampled_codes"], rank1["subsampled_codes"])
+    assert bool(rank0["codebook_initialized"]) and bool(rank1["codebook_initialized"])
+
+
+def test_two_process_codebook_covers_both_ranks(two_process_results):
+    codebook = two_process_results[0]["codebook"]
+    code_means = codebook.mean(dim=1)
+
+    # Rank 0's latents lie around +5 and rank 1's around -5: the gathered K-Means serves both.
+    assert (code_means > 4.0).any()
+    assert (code_means < -4.0).any()
+    assert torch.isfinite(codebook).all()
+
+
+def test_two_process_subsampled_codes_cover_both_ranks(two_process_results):
+    code_means = two_process_results[0]["subsampled_codes"].mean(dim=1)
+
+    assert (code_means > 4.0).any()
+    assert (code_means < -4.0).any()

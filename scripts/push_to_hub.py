@@ -1,0 +1,80 @@
+"""Upload a saved tokenizer or generator folder to the Hugging Face Hub, with its model card.
+
+    python scripts/push_to_hub.py --model_dir outputs/pipeline/tokenizer --hub_model_id USER/provq-mnist
+
+The folder's README.md (written by the training script) is refreshed with the metrics found in
+--metrics (default: MODEL_DIR/metrics.json, or the evaluation folder you name). The token comes from
+HF_TOKEN or `hf auth login` and is never printed. With HF_HUB_OFFLINE=1 or no network the upload fails
+with an explanation and the folder is left as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from provq_hf.hub import HubUploadError, push_folder_to_hub, write_model_card  # noqa: E402
+
+logger = logging.getLogger("push_to_hub")
+
+PROTOCOL = (
+    "Reconstruction metrics on the dataset's test split: PSNR and SSIM per image on [0, 1] pixels, averaged; "
+    "rFID between the test originals and their reconstructions with torch-fidelity and the feature extractor "
+    "named in the metrics; codebook utilization, perplexity and code spread from the test-split ids."
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="Folder written by save_pretrained (config.json inside).")
+    parser.add_argument("--hub_model_id", required=True, help="Target repo, for example USER/provq-mnist.")
+    parser.add_argument("--metrics", default=None, help="A metrics.json, or a folder holding one, to add to the model card.")
+    parser.add_argument("--private", action="store_true", help="Create the repo as private.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_dir = Path(args.model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise SystemExit(f"{str(model_dir)!r} has no config.json; pass a folder written by a training script.")
+
+    metrics_path = Path(args.metrics) if args.metrics else model_dir / "metrics.json"
+    if metrics_path.is_dir():
+        metrics_path = metrics_path / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        config = json.loads(config_path.read_text())
+        settings = {key: config[key] for key in sorted(config) if not key.startswith("_") and not isinstance(config[key], dict)}
+        training_args_path = model_dir / "training_args.json"
+        if training_args_path.is_file():
+            training_args = json.loads(training_args_path.read_text())
+            settings.update({f"training.{key}": value for key, value in training_args.items() if value is not None})
+        write_model_card(
+            model_dir,
+            title=f"{config.get('model_type', 'model')} trained with provq_hf",
+            summary="Model card refreshed with measured metrics before upload.",
+            settings=settings,
+            metrics=metrics,
+            evaluation_protocol=PROTOCOL if config.get("model_type") == "provq" else None,
+        )
+    elif args.metrics:
+        raise SystemExit(f"Metrics file {str(metrics_path)!r} not found.")
+
+    try:
+        url = push_folder_to_hub(model_dir, args.hub_model_id, private=args.private)
+    except HubUploadError as error:
+        logger.error(str(error))
+        raise SystemExit(1) from error
+    logger.info(f"Uploaded: {url}")
+
+
+if __name__ == "__main__":
+    main()
