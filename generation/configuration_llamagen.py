@@ -14,8 +14,8 @@ PRESETS: dict[str, dict] = {
     "GPT-tiny": {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 4},
 }
 
-# Default AdamW learning rate per preset: LlamaGen trains B and L at 1e-4; the small presets converge far
-# faster near 1e-3 on the 8x8 token grids of the built-in datasets.
+# Default AdamW learning rate per preset. LlamaGen trains B and L at 1e-4. The small presets default to 1e-3
+# so that short CPU runs make progress; that value is a starting point, not a tuned one.
 PRESET_LEARNING_RATES: dict[str, float] = {
     "GPT-B": 1e-4,
     "GPT-L": 1e-4,
@@ -43,7 +43,7 @@ class LlamaGenConfig(PretrainedConfig):
     Token space:
         codebook_size: number of image-token ids the tokenizer can decode; the input embedding and the
             output head cover exactly these ids.
-        grid_size: tokens per side of the square token grid; a sequence holds `grid_size ** 2` image tokens
+        grid_size: tokens per side of the square token grid; a sequence contains `grid_size ** 2` image tokens
             in raster order after one class token.
         num_classes: number of image classes. The class embedding has one extra row, id `num_classes`, for
             the null class that classifier-free guidance uses as the unconditional prompt.

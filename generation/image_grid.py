@@ -14,7 +14,7 @@ MIN_TILE_SIZE = 64  # smaller images are enlarged (nearest neighbour) so caption
 def make_labelled_grid(
     images: Sequence[Image.Image], captions: Sequence[str], columns: int | None = None, padding: int = 2
 ) -> Image.Image:
-    """Arrange `images` in a grid with `captions[i]` written above image `i`; returns an RGB image.
+    """Arrange `images` in an RGB grid image with `captions[i]` written above image `i`.
 
     All images must share one size. `columns` defaults to the ceiling of the square root of the count.
     """

@@ -2,7 +2,7 @@
 
 The sequence is one class token followed by the image tokens in raster order. Position `t` predicts image
 token `t`, so training feeds `[class, x_0 .. x_{N-2}]` and scores the logits against `[x_0 .. x_{N-1}]`.
-The decoder layers are transformers' Llama blocks (attention, RMSNorm, SwiGLU MLP, KV cache); this file
+The decoder layers are transformers' Llama blocks (attention, RMSNorm, SwiGLU MLP, KV cache). This file
 adds the class prefix, 2-D rotary positions over the token grid, LlamaGen's dropouts and the output head.
 """
 
@@ -24,8 +24,8 @@ from .configuration_llamagen import LlamaGenConfig
 
 logger = logging.get_logger(__name__)
 
-# transformers renamed the attention's cache argument from `past_key_values` to `cache` within 5.x; pass
-# whichever name the installed version reads, since an unknown keyword would be silently ignored.
+# transformers renamed the attention's cache argument from `past_key_values` to `cache` within 5.x. Pass
+# the name the installed version reads, because an unknown keyword would be silently ignored.
 _CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaAttention.forward).parameters else "past_key_values"
 
 
@@ -51,8 +51,8 @@ def grid_rope_cos_sin(
 
     Position 0 is the class token and positions `1 .. grid_size**2` are the grid cells in raster order. A
     cell at (row, column) gets angles `row * f_k` on the first quarter of the head dimensions and
-    `column * f_k` on the second, with `f_k = theta ** (-k / (head_dim / 4))`; the last half repeats the
-    first because transformers' `rotate_half` pairs dimension `i` with `i + head_dim / 2`. The class token
+    `column * f_k` on the second, with `f_k = theta ** (-k / (head_dim / 4))`. The last half repeats the
+    first, because transformers' `rotate_half` pairs dimension `i` with `i + head_dim / 2`. The class token
     and cell (0, 0) both get angle 0, which is the identity rotation, as in LlamaGen.
 
     Returns `(cos, sin)`, each `[1, len(positions), head_dim]` in float32.
@@ -97,6 +97,8 @@ class LlamaGenDecoderLayer(LlamaDecoderLayer):
 
 
 class LlamaGenPreTrainedModel(PreTrainedModel):
+    """Base class that ties LlamaGen models to `LlamaGenConfig` and to transformers' loading and init."""
+
     config_class = LlamaGenConfig
     config: LlamaGenConfig
     base_model_prefix = "llamagen"
@@ -152,8 +154,8 @@ class LlamaGenForClassConditionalGeneration(LlamaGenPreTrainedModel):
     def _causal_mask(self, query_length: int, past_length: int, dtype: torch.dtype, device) -> torch.Tensor | None:
         """Build the attention mask for `query_length` new positions after `past_length` cached ones.
 
-        Returns None where no mask is needed: one query position sees the whole cache, and SDPA applies
-        causality itself when nothing is cached.
+        Returns None where no mask is needed: a single query position may attend to the whole cache, and
+        SDPA applies causality itself when nothing is cached.
         """
         if query_length == 1:
             return None
@@ -205,8 +207,8 @@ class LlamaGenForClassConditionalGeneration(LlamaGenPreTrainedModel):
             pieces.append(self.class_embedding(class_labels)[:, None])  # [B, 1, D]
         elif class_labels is not None:
             raise ValueError(
-                f"class_labels was given but the cache already holds {past_length} positions; pass class_labels "
-                "only with the first call of a sequence."
+                f"class_labels must be None when continuing from a cache, which already contains {past_length} "
+                "positions; pass class_labels only with the first call of a sequence."
             )
         if input_ids is not None:
             pieces.append(self.token_embedding(input_ids))  # [B, L, D]
@@ -235,7 +237,7 @@ class LlamaGenForClassConditionalGeneration(LlamaGenPreTrainedModel):
             )
         hidden_states = self.norm(hidden_states)
 
-        # The head runs outside autocast so sampling sees float32 logits even under bf16 mixed precision.
+        # The head runs outside autocast, so sampling gets float32 logits even under bf16 mixed precision.
         with torch.autocast(device_type=hidden_states.device.type, enabled=False):
             logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
 

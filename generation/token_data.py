@@ -32,7 +32,7 @@ class TokenDatasetConfig:
         tokenizer: path (or Hub id) of the tokenizer that produced the ids.
         dataset: the `--dataset` value the images came from.
         codebook_size: number of ids the tokenizer can emit; every id is in `[0, codebook_size)`.
-        grid_size: tokens per side of the token grid; each sequence holds `grid_size ** 2` ids.
+        grid_size: tokens per side of the token grid; each sequence contains `grid_size ** 2` ids.
         num_classes: number of image classes; labels are in `[0, num_classes)`.
         splits: rows per saved split, flipped copies included.
         image_size: side of the square images the tokenizer encoded, in pixels.

@@ -12,6 +12,9 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 logger = logging.getLogger(__name__)
 
+METRICS_HEADING = "## Measured metrics"
+PROTOCOL_HEADING = "## Evaluation protocol"
+
 
 class HubUploadError(RuntimeError):
     """Raised when a folder could not be uploaded; the local copy is untouched."""
@@ -44,15 +47,51 @@ def write_model_card(
     lines += ["## Training settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| `{key}` | {_format_value(value)} |" for key, value in settings.items()]
     lines.append("")
-    if metrics:
-        lines += ["## Measured metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| `{key}` | {_format_value(value)} |" for key, value in metrics.items() if not isinstance(value, dict)]
-        lines.append("")
-    if evaluation_protocol:
-        lines += ["## Evaluation protocol", "", evaluation_protocol, ""]
+    lines += _evaluation_sections(metrics, evaluation_protocol)
     path = Path(folder) / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def update_model_card_metrics(
+    folder: str | os.PathLike, metrics: dict, evaluation_protocol: str | None = None
+) -> Path:
+    """Replace the metrics and evaluation-protocol sections of `folder/README.md`, keeping every other line.
+
+    The card written by a training script keeps its title, usage example and settings, and a second
+    refresh replaces the sections of the first one instead of appending duplicates.
+    """
+    path = Path(folder) / "README.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"No model card at {str(path)!r}; write one with write_model_card first.")
+    kept, in_code_block, skipping = [], False, False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code_block = not in_code_block
+        if line.startswith("## ") and not in_code_block:
+            skipping = line.strip() in (METRICS_HEADING, PROTOCOL_HEADING)
+        if not skipping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    path.write_text("\n".join(kept + [""] + _evaluation_sections(metrics, evaluation_protocol)))
+    return path
+
+
+def _evaluation_sections(metrics: dict | None, evaluation_protocol: str | None) -> list[str]:
+    lines = []
+    if metrics:
+        lines += [METRICS_HEADING, "", "| metric | value |", "|---|---|"]
+        for key, value in metrics.items():
+            if key == "feature_extractor" and isinstance(value, dict):
+                # The extractor's name and accuracy, because scores from different extractors are not comparable.
+                value = f"{value.get('name')} (test accuracy {_format_value(value.get('test_accuracy'))})"
+            if not isinstance(value, dict):
+                lines.append(f"| `{key}` | {_format_value(value)} |")
+        lines.append("")
+    if evaluation_protocol:
+        lines += [PROTOCOL_HEADING, "", evaluation_protocol, ""]
+    return lines
 
 
 def read_metrics(folder: str | os.PathLike) -> dict | None:

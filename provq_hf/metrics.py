@@ -53,7 +53,7 @@ def psnr(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """
     reference, reconstruction = _check_pair(reference, reconstruction)
     mse = (reference - reconstruction).pow(2).flatten(1).mean(dim=1)
-    # PSNR = 10 log10(MAX^2 / MSE) with MAX = 1; a zero MSE gives +inf, which the cap turns into 100 dB.
+    # PSNR = 10 log10(MAX^2 / MSE) with MAX = 1. A zero MSE gives +inf, which the cap turns into 100 dB.
     values = 10.0 * torch.log10(1.0 / mse)
     return values.clamp(max=PSNR_MAX_DB)
 
@@ -213,8 +213,8 @@ class CodeUsageTracker:
     """Codebook usage over a sliding window of the last `window_size` batches, for training logs.
 
     Stores one id histogram per batch plus their running sum, on the device of the first batch, so
-    `update` costs one `bincount` and the statistics cost one pass over the codebook. The tracker sees
-    only the ids given to it: under multi-process training, gather the ids first (or log per process).
+    `update` costs one `bincount` and the statistics cost one pass over the codebook. The tracker counts
+    only the ids passed to `update`: under multi-process training, gather the ids first (or log per process).
     """
 
     def __init__(self, codebook_size: int, window_size: int = 100):

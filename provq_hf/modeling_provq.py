@@ -62,17 +62,7 @@ class ProVQTokenizer(PreTrainedModel):
         super().__init__(config)
         self.encoder = Encoder(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.codebook_dim, 1)
-        self.quantizer = ProgressiveVectorQuantizer(
-            codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim,
-            l2_norm=config.codebook_l2_norm,
-            commitment_beta=config.commitment_beta,
-            manifold_warmup_steps=config.effective_manifold_warmup_steps,
-            transition_steps=config.effective_transition_steps,
-            schedule=config.schedule,
-            omega=config.omega,
-            uses_kmeans_init=config.uses_kmeans_init,
-        )
+        self.quantizer = ProgressiveVectorQuantizer.from_config(config)
         self.post_quant_conv = nn.Conv2d(config.codebook_dim, config.z_channels, 1)
         self.decoder = Decoder(config)
         self.post_init()

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .configuration_provq import ProVQConfig
 from .curriculum import DISCRETE, CurriculumState, curriculum_state
 from .kmeans import DEFAULT_CHUNK_ELEMENTS, kmeans_codebook_init
 
@@ -67,6 +68,21 @@ class ProgressiveVectorQuantizer(nn.Module):
         nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
         self.register_buffer("curriculum_step", torch.zeros((), dtype=torch.long))
         self.register_buffer("kmeans_initialized", torch.zeros((), dtype=torch.bool))
+
+    @classmethod
+    def from_config(cls, config: ProVQConfig) -> "ProgressiveVectorQuantizer":
+        """Build the quantizer with the codebook and the curriculum that `config.method` implies."""
+        return cls(
+            codebook_size=config.codebook_size,
+            codebook_dim=config.codebook_dim,
+            l2_norm=config.codebook_l2_norm,
+            commitment_beta=config.commitment_beta,
+            manifold_warmup_steps=config.effective_manifold_warmup_steps,
+            transition_steps=config.effective_transition_steps,
+            schedule=config.schedule,
+            omega=config.omega,
+            uses_kmeans_init=config.uses_kmeans_init,
+        )
 
     # Curriculum bookkeeping.
     def curriculum(self) -> CurriculumState:

@@ -24,14 +24,14 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .configuration_provq import METHODS, ProVQConfig
+from .configuration_provq import METHODS, OMEGA_MODES, ProVQConfig
 from .metrics import codebook_metrics, codebook_utilization
 from .quantizer import ProgressiveVectorQuantizer, QuantizerOutput
 
 logger = logging.getLogger(__name__)
 
-# Disk of radius 1 left of the origin, triangle with base 2 and height 2 right of it: the two shapes
-# do not touch, and the triangle's straight edges show a grid of codes as a staircase.
+# A disk of radius 1 left of the origin and a triangle with base 2 and height 2 right of it. The two
+# shapes do not touch, and the triangle's straight edges show a grid of codes as a staircase.
 DISK_CENTER = (-1.25, 0.0)
 DISK_RADIUS = 1.0
 TRIANGLE_VERTICES = ((0.25, -1.0), (2.25, -1.0), (1.25, 1.0))
@@ -63,13 +63,16 @@ class TopoDiscSettings:
     omega: str = "alpha"
     seeds: tuple[int, ...] = (0, 1, 2)
     log_every: int = 50  # steps between codebook-utilization measurements
-    # The matrices are tiny, so extra threads only add synchronization; on a busy 2-core machine two
-    # threads made a run about 4x slower than one.
+    # The matrices are tiny, so extra threads mostly add synchronization. Measured with torch 2.14 on a
+    # 2-core CPU shared with other jobs: 2 threads made training about 4x slower than 1.
     num_threads: int = 1
 
     @classmethod
     def small(cls) -> "TopoDiscSettings":
-        """Settings for a run of a few seconds (tests): fewer points, steps and codes, same proportions."""
+        """Settings for a run of a few seconds (tests): fewer points, steps and codes.
+
+        As in the defaults, the warmup and the transition each take a third of the steps.
+        """
         return cls(
             num_points=2048,
             num_eval_points=1024,
@@ -85,12 +88,22 @@ class TopoDiscSettings:
 
     def validate(self) -> None:
         """Raise a ValueError naming the first invalid setting."""
-        positive = ("num_points", "num_eval_points", "codebook_size", "hidden_dim", "steps", "batch_size", "log_every", "num_threads")
+        positive = (
+            "num_points",
+            "num_eval_points",
+            "codebook_size",
+            "hidden_dim",
+            "num_hidden_layers",
+            "steps",
+            "batch_size",
+            "log_every",
+            "num_threads",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TopoDisc setting {name} must be a positive integer, got {value!r}.")
-        for name in ("num_hidden_layers", "manifold_warmup_steps", "transition_steps"):
+        for name in ("manifold_warmup_steps", "transition_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"TopoDisc setting {name} must be a non-negative integer, got {value!r}.")
@@ -98,6 +111,8 @@ class TopoDiscSettings:
             raise ValueError(
                 f"data_scale and learning_rate must be positive, got {self.data_scale} and {self.learning_rate}."
             )
+        if self.omega not in OMEGA_MODES:
+            raise ValueError(f"Unknown omega {self.omega!r}; expected one of {OMEGA_MODES}.")
         if not self.seeds:
             raise ValueError("TopoDisc needs at least one seed.")
         if self.manifold_warmup_steps + self.transition_steps > self.steps:
@@ -106,7 +121,7 @@ class TopoDiscSettings:
                 f"exceeds steps ({self.steps}); the curriculum would never reach the discrete phase."
             )
 
-    def quantizer_config(self, method: str) -> ProVQConfig:
+    def provq_config(self, method: str) -> ProVQConfig:
         """Build the tokenizer config that maps `method` to its curriculum, for a 2-D unnormalized codebook."""
         return ProVQConfig(
             method=method,
@@ -162,22 +177,11 @@ class TopoDiscAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = _mlp(2, hidden_dim, num_hidden_layers, config.codebook_dim)
-        # NOTE: the same argument mapping as ProVQTokenizer's constructor; keep the two in step.
-        self.quantizer = ProgressiveVectorQuantizer(
-            codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim,
-            l2_norm=config.codebook_l2_norm,
-            commitment_beta=config.commitment_beta,
-            manifold_warmup_steps=config.effective_manifold_warmup_steps,
-            transition_steps=config.effective_transition_steps,
-            schedule=config.schedule,
-            omega=config.omega,
-            uses_kmeans_init=config.uses_kmeans_init,
-        )
+        self.quantizer = ProgressiveVectorQuantizer.from_config(config)
         self.decoder = _mlp(config.codebook_dim, hidden_dim, num_hidden_layers, 2)
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
-        """Encode, quantize and decode `points` `[N, 2]`; return the reconstructions and the quantizer output."""
+        """Encode, quantize and decode `points` `[N, 2]`, and return the reconstructions and the quantizer output."""
         quantized = self.quantizer(self.encoder(points))
         return self.decoder(quantized.decoder_input), quantized
 
@@ -191,7 +195,11 @@ def chamfer_distance(points: torch.Tensor, other: torch.Tensor, chunk_rows: int 
     """
 
     def mean_nearest_distance(source: torch.Tensor, target: torch.Tensor) -> float:
-        nearest = [torch.cdist(chunk, target).min(dim=1).values for chunk in source.split(chunk_rows)]
+        # The direct difference form gives exactly 0 for identical points, unlike the matrix-product form.
+        nearest = [
+            torch.cdist(chunk, target, compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+            for chunk in source.split(chunk_rows)
+        ]
         return float(torch.cat(nearest).double().mean())
 
     return mean_nearest_distance(points, other) + mean_nearest_distance(other, points)
@@ -236,11 +244,23 @@ def train_topodisc(
 ) -> TopoDiscRun:
     """Train one TopoDisc autoencoder with `method`'s curriculum for `settings.steps` optimizer steps.
 
-    `seed` sets the weight init, the batch order and the K-Means seeding. Every `settings.log_every` steps
-    the codebook utilization of `eval_points` is measured in eval mode (fully discrete), so during a
-    warmup it is the utilization the current codebook would have, not what the decoder sees.
+    `seed` sets the weight init, the batch order and the K-Means seeding. Every `settings.log_every`
+    steps the codebook utilization of `eval_points` is measured in eval mode (fully discrete), so during
+    a warmup it is the utilization the current codebook would have, not that of the decoder input. Torch
+    runs on `settings.num_threads` threads during training, and the previous thread count is restored.
     """
-    config = settings.quantizer_config(method)
+    previous_num_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.num_threads)
+    try:
+        return _train(method, seed, settings, train_points, eval_points)
+    finally:
+        torch.set_num_threads(previous_num_threads)
+
+
+def _train(
+    method: str, seed: int, settings: TopoDiscSettings, train_points: torch.Tensor, eval_points: torch.Tensor
+) -> TopoDiscRun:
+    config = settings.provq_config(method)
     torch.manual_seed(seed)
     model = TopoDiscAutoencoder(config, settings.hidden_dim, settings.num_hidden_layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
@@ -275,7 +295,7 @@ def train_topodisc(
 
 
 def sample_topodisc_data(seed: int, settings: TopoDiscSettings) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample the training and held-out points of one seed; every method trained with `seed` gets the same."""
+    """Sample the training and held-out points of one seed. Every method trained with `seed` gets the same points."""
     # Offset the seed so the data and the batch order (seeded with `seed`) come from different streams.
     generator = torch.Generator().manual_seed(DATA_SEED_OFFSET + seed)
     train_points = sample_disk_and_triangle(settings.num_points, generator, settings.data_scale)
@@ -318,7 +338,7 @@ def format_results_table(results: dict) -> str:
         f"held-out points, in eval mode (fully discrete). {settings['codebook_size']} codes of dimension 2, not "
         f"l2-normalized; {settings['steps']} optimizer steps for every method; manifold warmup "
         f"{settings['manifold_warmup_steps']} steps and transition {settings['transition_steps']} steps where the "
-        f"method has them; VQ weight omega = `{settings['omega']}`. Chamfer distance: mean nearest-neighbour "
+        f"method has them; VQ-loss weight `omega={settings['omega']}`. Chamfer distance: mean nearest-neighbour "
         "Euclidean distance from data to reconstructions plus from reconstructions to data. Perplexity: exp of "
         "the entropy of the code histogram."
     )
@@ -341,14 +361,9 @@ def run_topodisc(
 
     runs: dict[str, list[TopoDiscRun]] = {method: [] for method in methods}
     data = {seed: sample_topodisc_data(seed, settings) for seed in settings.seeds}
-    previous_num_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.num_threads)
-    try:
-        for method in methods:
-            for seed in settings.seeds:
-                runs[method].append(train_topodisc(method, seed, settings, *data[seed]))
-    finally:
-        torch.set_num_threads(previous_num_threads)
+    for method in methods:
+        for seed in settings.seeds:
+            runs[method].append(train_topodisc(method, seed, settings, *data[seed]))
 
     results = {"settings": dataclasses.asdict(settings)}
     results["settings"]["seeds"] = list(settings.seeds)
@@ -370,7 +385,7 @@ def run_topodisc(
 # Figures.
 @torch.no_grad()
 def _draw_planes(run: TopoDiscRun, points: torch.Tensor, data_ax, latent_ax) -> None:
-    model = run.model.eval()
+    model = run.model.eval()  # fully discrete, as in the metrics
     latents = model.encoder(points)
     ids = model.quantizer.nearest_code_ids(latents)
     codes = model.quantizer.codes()
@@ -382,7 +397,10 @@ def _draw_planes(run: TopoDiscRun, points: torch.Tensor, data_ax, latent_ax) -> 
 
     data_ax.scatter(*points.T, c=colors, cmap="tab20", s=3, linewidths=0)
     data_ax.scatter(*decoded_codes[used].T, c="black", s=8, label="reconstructions (decoded used codes)")
-    data_ax.scatter(*decoded_codes[~used].T, c="red", marker="x", s=10, linewidths=0.7, label="decoded dead codes")
+    num_dead = int((~used).sum())
+    data_ax.scatter(
+        *decoded_codes[~used].T, c="red", marker="x", s=10, linewidths=0.7, label=f"decoded dead codes ({num_dead})"
+    )
     low, high = points.min(0).values, points.max(0).values
     margin = 0.15 * (high - low)
     data_ax.set_xlim(float(low[0] - margin[0]), float(high[0] + margin[0]))
@@ -391,7 +409,7 @@ def _draw_planes(run: TopoDiscRun, points: torch.Tensor, data_ax, latent_ax) -> 
 
     latent_ax.scatter(*latents.T, c=colors, cmap="tab20", s=3, linewidths=0)
     latent_ax.scatter(*codes[used].T, c="black", s=8, label="used codes")
-    latent_ax.scatter(*codes[~used].T, c="red", marker="x", s=10, linewidths=0.7, label="dead codes")
+    latent_ax.scatter(*codes[~used].T, c="red", marker="x", s=10, linewidths=0.7, label=f"dead codes ({num_dead})")
     latent_ax.set_title(
         f"{run.method}: latent plane ({int(used.sum())}/{len(codes)} codes used, "
         f"perplexity {run.metrics['perplexity']:.1f})",
@@ -430,10 +448,14 @@ def plot_utilization_history(results: dict, path: str | Path) -> None:
     settings = results["settings"]
     figure, axes = _new_figure(7, 4.2, 1, 1)
     ax = axes[0, 0]
-    for method in (key for key in results if key != "settings"):
+    methods = [key for key in results if key != "settings"]
+    # Several methods can reach the same curve (full utilization), so line styles keep each one visible.
+    line_styles = ("-", "--", "-.", ":")
+    for index, method in enumerate(methods):
         history = results[method]["codebook_utilization_history"]
         values = torch.tensor(history["per_seed"])  # [seeds, measurements]
-        line = ax.plot(history["steps"], values.mean(0), label=method, linewidth=1.4)[0]
+        style = line_styles[index % len(line_styles)]
+        line = ax.plot(history["steps"], values.mean(0), style, label=method, linewidth=1.6)[0]
         ax.fill_between(history["steps"], values.min(0).values, values.max(0).values, color=line.get_color(), alpha=0.2)
     warmup_end = settings["manifold_warmup_steps"]
     ax.axvline(warmup_end, color="gray", linestyle="--", linewidth=0.8)

@@ -27,15 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from provq_hf.data import load_image_tensors  # noqa: E402
-from provq_hf.fidelity import (  # noqa: E402
-    classifier_accuracy,
-    compute_fidelity_metrics,
-    load_or_train_domain_classifier,
-    register_domain_classifier,
-)
+from provq_hf.domain_classifier import classifier_accuracy, load_or_train_domain_classifier  # noqa: E402
+from provq_hf.fidelity import compute_fidelity_metrics, register_domain_classifier  # noqa: E402
 from provq_hf.image_processing_provq import ProVQImageProcessor  # noqa: E402
 
 logger = logging.getLogger("evaluate_generator")
+
+# Flags that only matter when this script draws the samples itself.
+SAMPLING_FLAGS = ("generator", "num_samples", "cfg_scale", "temperature", "top_k", "top_p", "seed", "batch_size")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +88,14 @@ def load_samples(samples_dir: Path, processor: ProVQImageProcessor) -> tuple[tor
     return pixel_values, (torch.tensor(labels) if None not in labels else None)
 
 
+def recorded_settings(args: argparse.Namespace) -> dict:
+    """Return the flags that shaped the scores: without the sampling flags when --samples were scored as given."""
+    ignored = {"output_dir"}
+    if args.samples is not None:
+        ignored |= set(SAMPLING_FLAGS)
+    return {key: value for key, value in vars(args).items() if key not in ignored}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference": f"{args.dataset}/train ({len(real)} real images)",
         "num_generated": len(generated),
         "samples": str(samples_dir),
-        "settings": {key: value for key, value in vars(args).items() if key != "output_dir"},
+        "settings": recorded_settings(args),
         "fidelity_settings": scores.get("settings"),
     }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

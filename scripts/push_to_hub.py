@@ -18,15 +18,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from provq_hf.hub import HubUploadError, push_folder_to_hub, write_model_card  # noqa: E402
+from provq_hf.hub import HubUploadError, push_folder_to_hub, update_model_card_metrics, write_model_card  # noqa: E402
 
 logger = logging.getLogger("push_to_hub")
 
-PROTOCOL = (
-    "Reconstruction metrics on the dataset's test split: PSNR and SSIM per image on [0, 1] pixels, averaged; "
-    "rFID between the test originals and their reconstructions with torch-fidelity and the feature extractor "
-    "named in the metrics; codebook utilization, perplexity and code spread from the test-split ids."
-)
+# Evaluation protocol per config `model_type`, as evaluate_tokenizer.py and evaluate_generator.py compute the metrics.
+PROTOCOLS = {
+    "provq": (
+        "Reconstruction metrics on the dataset's test split: PSNR and SSIM per image on [0, 1] pixels, averaged; "
+        "rFID between the test originals and their reconstructions with torch-fidelity and the feature extractor "
+        "named in the metrics; codebook utilization, perplexity and code spread from the test-split ids."
+    ),
+    "llamagen": (
+        "Generation metrics of samples drawn with uniform class labels, against the dataset's real train split: "
+        "gFID, KID, Inception Score (or its domain-classifier analogue) and k-NN precision/recall (k = 3), all "
+        "with torch-fidelity and the feature extractor named in the metrics; class_accuracy is how often that "
+        "extractor's classifier recognizes the requested class."
+    ),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,20 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model_dir = Path(args.model_dir)
-    config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise SystemExit(f"{str(model_dir)!r} has no config.json; pass a folder written by a training script.")
-
-    metrics_path = Path(args.metrics) if args.metrics else model_dir / "metrics.json"
-    if metrics_path.is_dir():
-        metrics_path = metrics_path / "metrics.json"
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        config = json.loads(config_path.read_text())
+def refresh_model_card(model_dir: Path, metrics_path: Path) -> None:
+    """Put the metrics of `metrics_path` into MODEL_DIR/README.md, writing a generic card if there is none."""
+    metrics = json.loads(metrics_path.read_text())
+    config = json.loads((model_dir / "config.json").read_text())
+    protocol = PROTOCOLS.get(config.get("model_type"))
+    if (model_dir / "README.md").is_file():
+        update_model_card_metrics(model_dir, metrics, evaluation_protocol=protocol)
+    else:
         settings = {key: config[key] for key in sorted(config) if not key.startswith("_") and not isinstance(config[key], dict)}
         training_args_path = model_dir / "training_args.json"
         if training_args_path.is_file():
@@ -60,11 +63,26 @@ def main(argv: list[str] | None = None) -> None:
         write_model_card(
             model_dir,
             title=f"{config.get('model_type', 'model')} trained with provq_hf",
-            summary="Model card refreshed with measured metrics before upload.",
+            summary="Model card written with measured metrics before upload.",
             settings=settings,
             metrics=metrics,
-            evaluation_protocol=PROTOCOL if config.get("model_type") == "provq" else None,
+            evaluation_protocol=protocol,
         )
+    logger.info(f"Added the metrics of {metrics_path} to {model_dir / 'README.md'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(f"{str(model_dir)!r} has no config.json; pass a folder written by a training script.")
+
+    metrics_path = Path(args.metrics) if args.metrics else model_dir / "metrics.json"
+    if metrics_path.is_dir():
+        metrics_path = metrics_path / "metrics.json"
+    if metrics_path.is_file():
+        refresh_model_card(model_dir, metrics_path)
     elif args.metrics:
         raise SystemExit(f"Metrics file {str(metrics_path)!r} not found.")
 

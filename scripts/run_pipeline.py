@@ -40,16 +40,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generator_batch_size", type=int, default=64)
     parser.add_argument("--num_samples", type=int, default=1000, help="Generated images scored against the train split.")
     parser.add_argument("--cfg_scale", type=float, default=2.0)
+    parser.add_argument(
+        "--max_examples",
+        type=int,
+        default=None,
+        help="Evaluate the tokenizer on, and extract codes from, only the first N images of each split (for smoke "
+        "tests; the generator then trains on N sequences). Default: every image.",
+    )
     parser.add_argument("--extra_tokenizer_args", default="", help="More train_tokenizer.py flags, as one quoted string.")
     parser.add_argument("--extra_generator_args", default="", help="More train_generator.py flags, as one quoted string.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_examples is not None and args.max_examples < 1:
+        parser.error(f"--max_examples must be at least 1, got {args.max_examples}.")
+    return args
 
 
-def run_stage(name: str, script: str, arguments: list[str], done_marker: Path) -> float:
-    """Run one stage script unless `done_marker` exists; return its wall time in seconds."""
+def run_stage(name: str, script: str, arguments: list[str], done_marker: Path) -> float | None:
+    """Run one stage script unless `done_marker` exists; return its wall time in seconds, None when skipped."""
     if done_marker.exists():
         print(f"== {name}: already done ({done_marker})", flush=True)
-        return 0.0
+        return None
     print(f"== {name}: python scripts/{script} {' '.join(arguments)}", flush=True)
     started = time.time()
     result = subprocess.run([sys.executable, str(SCRIPTS / script), *arguments])
@@ -82,9 +92,13 @@ def format_summary(summary: dict) -> str:
         "",
         f"Feature extractor: {extractor.get('name', 'n/a')} (test accuracy {extractor.get('test_accuracy', 'n/a')}).",
         f"rFID reference: {tokenizer.get('rfid_reference')}; gFID reference: {generator.get('reference', 'train split')}.",
-        f"Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()),
+        "Stage times (s): " + ", ".join(_format_stage_time(k, v) for k, v in summary["stage_seconds"].items()),
     ]
     return "\n".join(lines)
+
+
+def _format_stage_time(stage: str, seconds: float | None) -> str:
+    return f"{stage} skipped (already done)" if seconds is None else f"{stage} {seconds:.0f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer_dir, codes_dir, generator_dir = out / "tokenizer", out / "codes", out / "generator"
     tokenizer_eval, generator_eval = out / "tokenizer_eval", out / "generator_eval"
     seed = ["--seed", str(args.seed)]
+    max_examples = [] if args.max_examples is None else ["--max_examples", str(args.max_examples)]
+    max_samples = [] if args.max_examples is None else ["--max_samples", str(args.max_examples)]
     times = {}
 
     times["train_tokenizer"] = run_stage(
@@ -106,12 +122,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     times["evaluate_tokenizer"] = run_stage(
         "evaluate tokenizer", "evaluate_tokenizer.py",
-        ["--tokenizer", str(tokenizer_dir), "--dataset", args.dataset, "--output_dir", str(tokenizer_eval)],
+        ["--tokenizer", str(tokenizer_dir), "--dataset", args.dataset, "--output_dir", str(tokenizer_eval),
+         *max_examples],
         tokenizer_eval / "metrics.json",
     )
     times["extract_codes"] = run_stage(
         "extract codes", "extract_codes.py",
-        ["--tokenizer", str(tokenizer_dir), "--dataset", args.dataset, "--output_dir", str(codes_dir)],
+        ["--tokenizer", str(tokenizer_dir), "--dataset", args.dataset, "--output_dir", str(codes_dir),
+         *max_samples],
         codes_dir / "codes_config.json",
     )
     times["train_generator"] = run_stage(

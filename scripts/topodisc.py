@@ -22,9 +22,10 @@ and decoded back. Every method in --methods trains for the same number of optimi
 Why the defaults: the codebook (256 codes) is large for 2-D data, so a healthy quantizer spreads its
 codes over both shapes while a collapsed one leaves most of them dead, and the triangle's straight
 edges show any grid of codes as a staircase. `vanilla` starts from LlamaGen's random codebook,
-uniform in (-1/K, 1/K), which packs every code near the origin; that is the start from which plain VQ
-collapses. The manifold warmup and the transition each take a third of the step budget, so every
-method trains its last third fully discrete.
+uniform in (-1/K, 1/K), which packs every code near the origin, and from that start plain VQ tends
+to leave many codes dead. The manifold warmup and the transition each take a third of the step
+budget, so every method trains its last third fully discrete. Training runs on one CPU thread
+(--num_threads), because the matrices are too small to gain from more.
 
 Outputs in --output_dir: <method>.png (data plane and latent plane of the first seed), overview.png
 (all methods), codebook_utilization.png (over training steps), results.json (one entry per method
@@ -33,22 +34,22 @@ plus `settings`) and results.md (mean and sample standard deviation over seeds).
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="Folder for the figures, results.json and results.md.")
     parser.add_argument(
         "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="Methods to train (default: all five)."
     )
+    defaults, small = TopoDiscSettings(), TopoDiscSettings.small()
     parser.add_argument(
         "--small",
         action="store_true",
-        help="Start from small settings (64 codes, 240 steps, 2048 points) that run in seconds, for tests. "
-        "Flags given explicitly still override them.",
+        help=f"Start from small settings ({small.codebook_size} codes, {small.steps} steps, {small.num_points} "
+        "points) that run in seconds, for tests. Flags given explicitly still override them.",
     )
-    parser.add_argument("--seed", type=int, nargs="+", dest="seeds", help="Seeds to average over (default: 0 1 2).")
+    parser.add_argument(
+        "--seed", type=int, nargs="+", dest="seeds", help=f"Seeds to average over. Default: {list(defaults.seeds)}."
+    )
 
-    defaults = TopoDiscSettings()
     # Each flag overrides one field of the starting settings (the defaults, or the --small ones).
     settings_flags = {
         "num_points": (int, "Training points sampled from the disk and the triangle."),
@@ -66,9 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "num_threads": (int, "CPU threads for torch during training (restored afterwards)."),
     }
     for name, (kind, help_text) in settings_flags.items():
-        parser.add_argument(f"--{name}", type=kind, help=f"{help_text} Default: {getattr(defaults, name)}.")
+        default, small_default = getattr(defaults, name), getattr(small, name)
+        default_text = f"Default: {default}" + (f" ({small_default} with --small)." if small_default != default else ".")
+        parser.add_argument(f"--{name}", type=kind, help=f"{help_text} {default_text}")
     parser.add_argument(
-        "--omega", choices=OMEGA_MODES, help=f"Weight of the VQ terms in the transition. Default: {defaults.omega}."
+        "--omega",
+        choices=OMEGA_MODES,
+        help="Weight w(t) of the VQ terms during the transition: alpha (w = a(t)) or constant (w = 1). "
+        f"Default: {defaults.omega}.",
     )
     return parser.parse_args(argv)
 

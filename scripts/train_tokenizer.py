@@ -58,11 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--image_size", type=int, default=None, help="Override the preset's image size in pixels.")
     model.add_argument("--codebook_size", type=int, default=None, help="Override the preset's number of codes.")
     model.add_argument("--codebook_dim", type=int, default=None, help="Override the preset's code dimension.")
-    model.add_argument(
-        "--codebook_l2_norm",
-        action=argparse.BooleanOptionalAction,
-        default=None,
+    l2_norm = model.add_mutually_exclusive_group()
+    l2_norm.add_argument(
+        "--codebook_l2_norm", dest="codebook_l2_norm", action="store_true", default=None,
         help="l2-normalize latents and codes (LlamaGen's choice). Default: the preset's setting.",
+    )
+    l2_norm.add_argument(
+        "--no_codebook_l2_norm", dest="codebook_l2_norm", action="store_false",
+        help="Keep latents and codes unnormalized.",
     )
     model.add_argument("--reconstruction_loss", choices=["mse", "l1"], default="mse")
 

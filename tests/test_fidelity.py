@@ -12,18 +12,20 @@ import pytest
 import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from provq_hf.fidelity import (
-    INCEPTION_V3_COMPAT_SHA256,
+from provq_hf.domain_classifier import (
     METADATA_NAME,
     WEIGHTS_NAME,
     DomainClassifier,
     classifier_accuracy,
-    compute_fidelity_metrics,
     feature_extractor_dir,
-    images_to_uint8_dataset,
-    inception_feature_extractor,
     load_domain_classifier,
     load_or_train_domain_classifier,
+)
+from provq_hf.fidelity import (
+    INCEPTION_V3_COMPAT_SHA256,
+    compute_fidelity_metrics,
+    images_to_uint8_dataset,
+    inception_feature_extractor,
     load_or_train_feature_extractor,
     register_domain_classifier,
 )
@@ -31,13 +33,14 @@ from provq_hf.fidelity import (
 MIN_TEST_ACCURACY = 0.97
 
 
-@pytest.fixture(scope="session")
-def provq_cache(tmp_path_factory):
-    """A temporary PROVQ_CACHE for the whole session: the built-in data set and the classifier go there."""
-    cache = tmp_path_factory.mktemp("provq_cache")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setenv("PROVQ_CACHE", str(cache))
-        yield cache
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    """Run these tests on one torch thread: the CNN is tiny, and on a shared 2-core machine two threads
+    per process made feature extraction 2 to 4 times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +149,7 @@ def test_register_domain_classifier_twice_reuses_name(mnist_classifier):
     assert first.name.endswith(first.weights_sha256[:16])
 
 
-def test_registered_extractor_gives_same_features_for_gray_and_rgb(mnist_extractor, mnist_splits):
+def test_extractor_gray_and_rgb_features_match(mnist_extractor, mnist_splits):
     extractor_class = FEATURE_EXTRACTORS_REGISTRY[mnist_extractor.name]
     extractor = extractor_class(mnist_extractor.name, ["features", "logits"]).eval()
     gray = images_to_uint8_dataset(mnist_splits[2][:16]).images
@@ -191,7 +194,7 @@ def test_fidelity_real_test_split_against_train_split(mnist_extractor, mnist_spl
     noise = torch.randint(0, 256, (1000, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
     real_scores = compute_fidelity_metrics(
-        generated=test_images, real=train_images, feature_extractor=mnist_extractor, device="cpu"
+        generated=test_images, real=train_images, feature_extractor=mnist_extractor, kid_subsets=20, device="cpu"
     )
     noise_scores = compute_fidelity_metrics(
         generated=noise, real=train_images, feature_extractor=mnist_extractor, metrics=("fid",), device="cpu"
@@ -223,7 +226,11 @@ def test_fidelity_kid_subset_scales_to_small_sets(mnist_extractor, mnist_splits)
     train_images, _, test_images, _ = mnist_splits
 
     scores = compute_fidelity_metrics(
-        generated=test_images[:150], real=train_images, feature_extractor=mnist_extractor, metrics=("kid",), device="cpu"
+        generated=test_images[:150],
+        real=train_images[:1000],
+        feature_extractor=mnist_extractor,
+        metrics=("kid",),
+        device="cpu",
     )
 
     assert scores["settings"]["kid_subset_size"] == 150
@@ -244,7 +251,11 @@ def test_fidelity_accepts_classifier_directly(mnist_classifier, mnist_extractor,
     train_images, _, test_images, _ = mnist_splits
 
     scores = compute_fidelity_metrics(
-        generated=test_images[:100], real=train_images[:400], feature_extractor=mnist_classifier, metrics=("fid",), device="cpu"
+        generated=test_images[:100],
+        real=train_images[:400],
+        feature_extractor=mnist_classifier,
+        metrics=("fid",),
+        device="cpu",
     )
 
     assert scores["feature_extractor"]["name"] == mnist_extractor.name

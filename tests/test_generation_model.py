@@ -99,7 +99,7 @@ def test_forward_is_causal(attn_implementation):
     with torch.no_grad():
         logits = model(input_ids=codes[:, :-1], class_labels=labels).logits
         changed_logits = model(input_ids=changed[:, :-1], class_labels=labels).logits
-    # Position t sees the class token and image tokens 0 .. t-1, so positions up to 9 cannot see the change.
+    # Position t attends to the class token and image tokens 0 .. t-1, so positions up to 9 miss the change.
     assert torch.equal(logits[:, :10], changed_logits[:, :10])
     assert not torch.allclose(logits[:, 10:], changed_logits[:, 10:])
 

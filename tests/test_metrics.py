@@ -128,7 +128,8 @@ def test_ssim_identical_images_is_one(photo_crops):
 
 def test_ssim_bfloat16_input_close_to_float32(photo_crops):
     reference = _to_model_range(photo_crops, color=True)
-    reconstruction = (reference + 0.1 * torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
+    reconstruction = (reference + 0.1 * noise).clamp(-1, 1)
 
     in_float32 = ssim(reference, reconstruction)
     in_bfloat16 = ssim(reference.bfloat16(), reconstruction.bfloat16())

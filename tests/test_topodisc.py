@@ -47,7 +47,7 @@ def small_run(tmp_path_factory) -> tuple[Path, dict]:
 
 def in_triangle(points: torch.Tensor) -> torch.Tensor:
     (ax, ay), (bx, by), (cx, cy) = TRIANGLE_VERTICES
-    # Barycentric coordinates of each point; all three are >= 0 inside the triangle.
+    # Barycentric coordinates of each point. All three are >= 0 inside the triangle.
     det = (by - cy) * (ax - cx) + (cx - bx) * (ay - cy)
     l1 = ((by - cy) * (points[:, 0] - cx) + (cx - bx) * (points[:, 1] - cy)) / det
     l2 = ((cy - ay) * (points[:, 0] - cx) + (ax - cx) * (points[:, 1] - cy)) / det
@@ -77,7 +77,7 @@ def test_sample_disk_and_triangle_is_seeded():
 @pytest.mark.parametrize("method", METHODS)
 def test_topodisc_quantizer_follows_method_curriculum(method):
     settings = TopoDiscSettings.small()
-    config = settings.quantizer_config(method)
+    config = settings.provq_config(method)
     quantizer = TopoDiscAutoencoder(config, hidden_dim=8, num_hidden_layers=1).quantizer
     assert quantizer.manifold_warmup_steps == config.effective_manifold_warmup_steps
     assert quantizer.transition_steps == config.effective_transition_steps
