@@ -49,7 +49,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer_steps", type=int, default=300)
     parser.add_argument("--manifold_warmup_steps", type=int, default=75)
     parser.add_argument("--transition_steps", type=int, default=75)
+    parser.add_argument(
+        "--wait_for_tokenizers", type=float, default=0.0,
+        help="Minutes to wait for a tokenizer row that a running benchmark_tokenizers.py is still training "
+        "(0 trains missing rows here).",
+    )
     return parser.parse_args(argv)
+
+
+def tokenizer_metrics_path(args: argparse.Namespace, method: str, l2: str, seed: int) -> Path:
+    return Path(args.tokenizer_runs) / args.dataset / f"{method}-l2{l2}" / f"seed{seed}" / "eval" / "metrics.json"
+
+
+def wait_for(paths: list[Path], minutes: float) -> None:
+    """Poll until every path exists or `minutes` have passed."""
+    deadline = time.time() + 60 * minutes
+    while time.time() < deadline and not all(path.is_file() for path in paths):
+        time.sleep(15)
 
 
 def pick_provq_l2(args: argparse.Namespace) -> str:
@@ -57,7 +73,8 @@ def pick_provq_l2(args: argparse.Namespace) -> str:
         return args.provq_l2
     mean_rfid = {}
     for l2 in ("on", "off"):
-        paths = [Path(args.tokenizer_runs) / args.dataset / f"provq_cosine-l2{l2}" / f"seed{seed}" / "eval" / "metrics.json" for seed in args.seeds]
+        paths = [tokenizer_metrics_path(args, "provq_cosine", l2, seed) for seed in args.seeds]
+        wait_for(paths, args.wait_for_tokenizers)
         if not all(path.is_file() for path in paths):
             raise SystemExit(
                 f"--provq_l2 auto needs the provq_cosine rows of both l2 settings in {args.tokenizer_runs}; "
@@ -73,6 +90,7 @@ def run_row(args, scripts, method: str, l2: str, seed: int) -> dict:
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text())
     started = time.time()
+    wait_for([tokenizer_metrics_path(args, method, l2, seed)], args.wait_for_tokenizers)
 
     tokenizer_args = argparse.Namespace(
         output_dir=args.tokenizer_runs, max_steps=args.tokenizer_steps, manifold_warmup_steps=args.manifold_warmup_steps,
@@ -110,11 +128,10 @@ def run_row(args, scripts, method: str, l2: str, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     scripts = {name: tokenizer_benchmark.load_script(name) for name in ("train_tokenizer", "extract_codes", "train_generator", "evaluate_generator")}
-    provq_l2 = pick_provq_l2(args)
-    rows = [("vanilla", "on"), ("vanilla", "off"), ("provq_cosine", provq_l2)]
     started = time.time()
     results = {}
-    for method, l2 in rows:
+    for method, l2 in [("vanilla", "on"), ("vanilla", "off"), ("provq_cosine", None)]:
+        l2 = l2 or pick_provq_l2(args)
         results[(method, l2)] = []
         for seed in args.seeds:
             metrics = run_row(args, scripts, method, l2, seed)

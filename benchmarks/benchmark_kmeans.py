@@ -16,9 +16,10 @@ same `--num_threads` threads. Inertia is the sum of squared distances from each 
 final center.
 
 Memory (K = the largest `--codebook_sizes` value): each operation runs in a fresh subprocess. On CUDA the
-number is `torch.cuda.max_memory_allocated` minus the allocation before the operation; on CPU it is the
-process's peak RSS (`resource.getrusage`, with the peak mark reset through /proc/self/clear_refs just
-before the operation) minus its RSS at that moment, which also counts allocator overhead. Next to it is an estimate of the peak tensor bytes from the shapes the code allocates.
+number is `torch.cuda.max_memory_allocated` minus the allocation before the operation. On CPU it is the
+process's peak RSS (`resource.getrusage`) minus its RSS just before the operation, after resetting the
+peak mark through /proc/self/clear_refs. The RSS number also counts allocator overhead. Next to it is an
+estimate of the peak tensor bytes from the shapes the code allocates.
 
 Each finished row is saved to OUTPUT_DIR/rows.json and reused when the command is run again with the same
 settings, so an interrupted run resumes. The table is printed and written to OUTPUT_DIR/kmeans.md.
@@ -59,8 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip_sklearn", action="store_true", help="Time our K-Means only.")
     parser.add_argument("--mixture_components", type=int, default=4096, help="Components of the latent mixture.")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device of our K-Means.")
-    parser.add_argument("--num_threads", type=int, default=os.cpu_count(), help="CPU threads for torch and scikit-learn.")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Device of our K-Means."
+    )
+    parser.add_argument(
+        "--num_threads", type=int, default=os.cpu_count(), help="CPU threads for torch and scikit-learn."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_memory", action="store_true", help="Skip the peak-memory measurements.")
     # Internal: run one memory measurement in this (fresh) process and print it as JSON.
@@ -239,7 +244,9 @@ def cached_row(rows: dict, key: str, settings: dict, compute, rows_path: Path) -
     return row
 
 
-def format_report(args: argparse.Namespace, timings: list[tuple[int, str, dict]], memory: list[tuple[str, dict]]) -> str:
+def format_report(
+    args: argparse.Namespace, timings: list[tuple[int, str, dict]], memory: list[tuple[str, dict]]
+) -> str:
     import sklearn
 
     lines = [
@@ -301,7 +308,9 @@ def main(argv: list[str] | None = None) -> None:
 
     timings = []
     for num_clusters in args.codebook_sizes:
-        row = cached_row(rows, f"ours-K{num_clusters}", settings, lambda: run_ours(latents, num_clusters, args), rows_path)
+        row = cached_row(
+            rows, f"ours-K{num_clusters}", settings, lambda: run_ours(latents, num_clusters, args), rows_path
+        )
         timings.append((num_clusters, "ours", row))
         if not args.skip_sklearn:
             row = cached_row(

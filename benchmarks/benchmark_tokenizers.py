@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     total = len(args.datasets) * len(args.methods) * len(args.l2) * len(args.seeds)
     done = 0
     for dataset in args.datasets:
-        for l2 in args.l2:
-            for method in args.methods:
+        for method in args.methods:
+            for l2 in args.l2:
                 rows = []
                 for seed in args.seeds:
                     rows.append(run_row(args, train_script, dataset, method, l2, seed))

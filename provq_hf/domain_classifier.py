@@ -1,4 +1,4 @@
-"""The domain classifier: a small CNN trained per dataset, whose features replace Inception's offline.
+"""Domain classifier: a small CNN trained per dataset, whose features replace Inception's when offline.
 
 Inception features need network weights, and they fit MNIST-sized or patch datasets poorly. So each
 dataset gets a small CNN classifier trained on its train split. Its penultimate layer (`"features"`)

@@ -1,8 +1,9 @@
 """Generation metrics (FID, KID, IS, precision/recall) through torch-fidelity 0.4.
 
-The feature extractor is either a dataset's domain classifier (`provq_hf.domain_classifier`, the
-offline default: its `"features"` layer feeds FID, KID and precision/recall, its `"logits"` the
-Inception Score analogue) or torch-fidelity's `inception-v3-compat` with a verified local weights file.
+The feature extractor is a dataset's domain classifier from `provq_hf.domain_classifier` (the offline
+default), or torch-fidelity's `inception-v3-compat` with a local weights file whose SHA-256 matches the
+official release. The classifier's `"features"` layer feeds FID, KID and precision/recall, and its
+`"logits"` layer feeds the Inception Score analogue.
 
 Numbers computed with different extractors, or against different reference sets, are not comparable:
 `compute_fidelity_metrics` returns the extractor's name, weights hash and test accuracy with the scores.

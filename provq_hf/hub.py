@@ -64,17 +64,17 @@ def update_model_card_metrics(
     path = Path(folder) / "README.md"
     if not path.is_file():
         raise FileNotFoundError(f"No model card at {str(path)!r}; write one with write_model_card first.")
-    kept, in_code_block, skipping = [], False, False
+    kept_lines, in_code_block, skipping = [], False, False
     for line in path.read_text().splitlines():
         if line.startswith("```"):
             in_code_block = not in_code_block
         if line.startswith("## ") and not in_code_block:
             skipping = line.strip() in (METRICS_HEADING, PROTOCOL_HEADING)
         if not skipping:
-            kept.append(line)
-    while kept and not kept[-1].strip():
-        kept.pop()
-    path.write_text("\n".join(kept + [""] + _evaluation_sections(metrics, evaluation_protocol)))
+            kept_lines.append(line)
+    while kept_lines and not kept_lines[-1].strip():
+        kept_lines.pop()
+    path.write_text("\n".join(kept_lines + [""] + _evaluation_sections(metrics, evaluation_protocol)))
     return path
 
 

@@ -89,7 +89,7 @@ def load_samples(samples_dir: Path, processor: ProVQImageProcessor) -> tuple[tor
 
 
 def recorded_settings(args: argparse.Namespace) -> dict:
-    """Return the flags that shaped the scores: without the sampling flags when --samples were scored as given."""
+    """Return the flags that shaped the scores. When --samples names existing samples, the sampling flags are left out."""
     ignored = {"output_dir"}
     if args.samples is not None:
         ignored |= set(SAMPLING_FLAGS)

@@ -2,10 +2,11 @@
 
     python scripts/push_to_hub.py --model_dir outputs/pipeline/tokenizer --hub_model_id USER/provq-mnist
 
-The folder's README.md (written by the training script) is refreshed with the metrics found in
---metrics (default: MODEL_DIR/metrics.json, or the evaluation folder you name). The token comes from
-HF_TOKEN or `hf auth login` and is never printed. With HF_HUB_OFFLINE=1 or no network the upload fails
-with an explanation and the folder is left as it was.
+Before the upload, the metrics found in --metrics (default: MODEL_DIR/metrics.json, or the evaluation
+folder you name) replace the metrics section of the folder's README.md, which the training script wrote.
+The rest of that model card is kept. A folder without a README.md gets a generic card. The token comes
+from HF_TOKEN or `hf auth login` and is never printed. With HF_HUB_OFFLINE=1 or no network the upload
+fails with an explanation, and every file but the refreshed README.md is left as it was.
 """
 
 from __future__ import annotations

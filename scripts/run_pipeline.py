@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
          "--manifold_warmup_steps", str(args.manifold_warmup_steps), "--transition_steps", str(args.transition_steps),
          "--logging_steps", "100", "--checkpointing_steps", "500", "--resume_from_checkpoint", "latest",
          *seed, *args.extra_tokenizer_args.split()],
-        tokenizer_dir / "model.safetensors",
+        tokenizer_dir / "README.md",  # the model card is written last
     )
     times["evaluate_tokenizer"] = run_stage(
         "evaluate tokenizer", "evaluate_tokenizer.py",
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
          "--max_steps", str(args.generator_steps), "--batch_size", str(args.generator_batch_size),
          "--logging_steps", "100", "--checkpointing_steps", "500", "--resume_from_checkpoint", "latest",
          *seed, *args.extra_generator_args.split()],
-        generator_dir / "model.safetensors",
+        generator_dir / "README.md",  # the model card is written last
     )
     times["evaluate_generator"] = run_stage(
         "sample and evaluate generator", "evaluate_generator.py",

@@ -98,27 +98,28 @@ def test_schedule_per_method():
 
 
 @pytest.mark.parametrize(
-    "fields, bad_value",
+    "fields, expected_words",
     [
-        ({"method": "provq_sine"}, "provq_sine"),
-        ({"omega": "adaptive"}, "adaptive"),
-        ({"reconstruction_loss": "huber"}, "huber"),
-        ({"image_size": 30}, "30"),
-        ({"image_size": 0}, "0"),
-        ({"codebook_size": -4}, "-4"),
-        ({"transition_steps": -1}, "-1"),
-        ({"ch_mult": []}, "[]"),
-        ({"base_channels": 48, "norm_num_groups": 32}, "48"),
-        ({"z_channels": 40, "norm_num_groups": 32}, "40"),
-        ({"commitment_beta": -0.5}, "-0.5"),
-        ({"kmeans_num_samples": 0}, "0"),
+        ({"method": "provq_sine"}, ["provq_sine"]),
+        ({"omega": "adaptive"}, ["adaptive"]),
+        ({"reconstruction_loss": "huber"}, ["huber"]),
+        ({"image_size": 30}, ["image_size", "30"]),
+        ({"image_size": 0}, ["image_size", "got 0"]),
+        ({"codebook_size": -4}, ["codebook_size", "-4"]),
+        ({"transition_steps": -1}, ["transition_steps", "-1"]),
+        ({"ch_mult": []}, ["ch_mult", "[]"]),
+        ({"base_channels": 48, "norm_num_groups": 32}, ["48", "norm_num_groups=32"]),
+        ({"z_channels": 40, "norm_num_groups": 32}, ["40", "norm_num_groups=32"]),
+        ({"commitment_beta": -0.5}, ["commitment_beta", "-0.5"]),
+        ({"kmeans_num_samples": 0}, ["kmeans_num_samples", "got 0"]),
     ],
 )
-def test_invalid_field_rejected(fields, bad_value):
+def test_invalid_field_rejected(fields, expected_words):
     with pytest.raises(ValueError) as error:
         ProVQConfig(**fields)
 
-    assert bad_value in str(error.value)
+    for word in expected_words:
+        assert word in str(error.value)
 
 
 def test_invalid_image_size_message_names_factor():

@@ -144,7 +144,7 @@ def test_evaluate_tokenizer_metric_is_finite(tokenizer_metrics, key):
     assert math.isfinite(tokenizer_metrics[key])
 
 
-def test_evaluate_tokenizer_metrics_name_extractor_and_reference(tokenizer_metrics):
+def test_evaluate_tokenizer_records_extractor_and_reference(tokenizer_metrics):
     extractor = tokenizer_metrics["feature_extractor"]
     assert extractor["name"].startswith("provq-domain-classifier-mnist-5k-")
     assert extractor["kind"] == "domain_classifier"
@@ -178,7 +178,7 @@ def test_evaluate_tokenizer_reconstruction_grid_layout(tokenizer_eval):
         assert image.size == (GRID_COLUMNS * step + GRID_PADDING, 2 * step + GRID_PADDING)
 
 
-def test_evaluate_tokenizer_grid_rows_are_originals_then_reconstructions(tokenizer_eval, tiny_tokenizer):
+def test_evaluate_tokenizer_grid_row_order(tokenizer_eval, tiny_tokenizer):
     processor = ProVQImageProcessor.from_pretrained(tiny_tokenizer)
     originals, _ = load_image_tensors("mnist-5k", "test", processor, max_examples=NUM_EVAL_IMAGES)
     model = ProVQTokenizer.from_pretrained(tiny_tokenizer)
@@ -186,7 +186,7 @@ def test_evaluate_tokenizer_grid_rows_are_originals_then_reconstructions(tokeniz
     expected_top = _as_png_pixels(originals[:GRID_COLUMNS])
     expected_bottom = _as_png_pixels(reconstructions[:GRID_COLUMNS])
     with Image.open(tokenizer_eval / "reconstructions.png") as image:
-        grid = torch.from_numpy(np.asarray(image.convert("RGB"))).float()
+        grid = torch.from_numpy(np.array(image.convert("RGB"))).float()
 
     top = torch.stack([_grid_tile(grid, 0, column) for column in range(GRID_COLUMNS)])
     bottom = torch.stack([_grid_tile(grid, 1, column) for column in range(GRID_COLUMNS)])
@@ -233,7 +233,7 @@ def test_evaluate_generator_real_digits_score_high(generator_metrics):
     assert generator_metrics["inception_score"] > 8.0  # 10 balanced, confidently classified classes
 
 
-def test_evaluate_generator_metrics_name_extractor_and_reference(generator_metrics):
+def test_evaluate_generator_records_extractor_and_reference(generator_metrics):
     extractor = generator_metrics["feature_extractor"]
     assert extractor["name"].startswith("provq-domain-classifier-mnist-5k-")
     assert extractor["dataset"] == "mnist-5k"
@@ -241,14 +241,14 @@ def test_evaluate_generator_metrics_name_extractor_and_reference(generator_metri
     assert generator_metrics["num_generated"] == 1000
 
 
-def test_evaluate_generator_samples_mode_omits_sampling_flags(generator_metrics):
+def test_evaluate_generator_samples_omit_sampling_flags(generator_metrics):
     settings = generator_metrics["settings"]
     assert settings["samples"] == generator_metrics["samples"]
     assert "cfg_scale" not in settings
     assert "num_samples" not in settings
 
 
-def test_evaluate_generator_uses_tokenizer_eval_extractor(generator_metrics, tokenizer_metrics):
+def test_evaluate_generator_shares_tokenizer_extractor(generator_metrics, tokenizer_metrics):
     generator_extractor = generator_metrics["feature_extractor"]["weights_sha256"]
     assert generator_extractor == tokenizer_metrics["feature_extractor"]["weights_sha256"]
 
@@ -270,7 +270,7 @@ def offline_push(tiny_tokenizer, tokenizer_eval, tmp_path_factory):
     return model_dir, hashes_before, result
 
 
-def test_push_to_hub_offline_fails_naming_hf_hub_offline(offline_push):
+def test_push_to_hub_fails_offline(offline_push):
     _, _, result = offline_push
     assert result.returncode != 0
     assert "HF_HUB_OFFLINE" in result.stderr

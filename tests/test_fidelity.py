@@ -1,6 +1,6 @@
 """The mnist-5k domain classifier and the torch-fidelity wrapper, on the real mnist-5k splits.
 
-The classifier is trained once per test session, into a temporary PROVQ_CACHE (about 20 s on 2 CPU cores).
+The classifier is trained once per test session, into a temporary PROVQ_CACHE (20 to 45 s on 2 shared CPU cores).
 """
 
 import hashlib
@@ -31,16 +31,6 @@ from provq_hf.fidelity import (
 )
 
 MIN_TEST_ACCURACY = 0.97
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Run these tests on one torch thread: the CNN is tiny, and on a shared 2-core machine two threads
-    per process made feature extraction 2 to 4 times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

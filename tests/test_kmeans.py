@@ -177,7 +177,7 @@ def test_kmeans_chunking_matches_single_chunk():
     points, _ = gaussian_mixture(16, 8, points_per_center=40, seed=11)
 
     one_chunk, one_chunk_inertia = kmeans(points, 16, num_iters=15, generator=seeded(0))
-    # 7 elements per chunk: below one row of 16 distances, so every chunk holds a single point.
+    # 7 elements per chunk: below one row of 16 distances, so every chunk contains a single point.
     many_chunks, many_chunks_inertia = kmeans(points, 16, num_iters=15, generator=seeded(0), chunk_elements=7)
 
     assert torch.allclose(one_chunk, many_chunks, atol=1e-5)
@@ -318,7 +318,8 @@ def test_two_process_codebooks_identical(two_process_results):
 
     assert torch.equal(rank0["codebook"], rank1["codebook"])
     assert torch.equal(rank0["subsampled_codes"], rank1["subsampled_codes"])
-    assert bool(rank0["codebook_initialized"]) and bool(rank1["codebook_initialized"])
+    assert bool(rank0["codebook_initialized"])
+    assert bool(rank1["codebook_initialized"])
 
 
 def test_two_process_codebook_covers_both_ranks(two_process_results):

@@ -156,7 +156,7 @@ def test_eval_forward_matches_decode_of_encode(mnist_model):
     output = mnist_model(pixel_values)
 
     assert torch.equal(output.ids, mnist_model.encode(pixel_values))
-    # The decoder sees the same codes; its convolutions may pick other kernels for other memory layouts.
+    # The decoder receives the same codes, but its convolutions may pick other kernels for other memory layouts.
     assert torch.allclose(output.reconstruction.clamp(-1, 1), mnist_model.decode(output.ids), atol=1e-4)
 
 

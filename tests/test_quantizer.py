@@ -222,12 +222,11 @@ def test_autocast_bf16_keeps_float32():
 
 
 def test_autocast_bf16_ids_match_float32():
-    quantizer = make_quantizer(PHASE_STEPS["discrete"])
+    quantizer = ProgressiveVectorQuantizer(512, CODEBOOK_DIM)
     with torch.no_grad():
-        # 512 codes near each other, so a bf16 distance computation would pick other codes.
-        quantizer.codebook = torch.nn.Embedding(512, CODEBOOK_DIM)
-        quantizer.codebook.weight.copy_(0.1 * torch.randn(512, CODEBOOK_DIM) + 3.0)
-        quantizer.codebook_size = 512
+        # 512 codes close together, so a bf16 distance computation would pick other codes.
+        codes = 0.1 * torch.randn(512, CODEBOOK_DIM, generator=torch.Generator().manual_seed(2)) + 3.0
+        quantizer.codebook.weight.copy_(codes)
     latents = 0.1 * make_latents((4096, CODEBOOK_DIM)) + 3.0
 
     reference = quantizer(latents)
