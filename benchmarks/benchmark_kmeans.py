@@ -11,9 +11,9 @@ Rows, for each K in `--codebook_sizes`:
   - scikit-learn: `KMeans(n_clusters=K, init="k-means++", n_init=1, max_iter=--sklearn_max_iter,
     algorithm="lloyd", random_state=--seed)`. Its k-means++ is the greedy variant (2 + ln K candidates per
     pick), so its seeding does more work than ours.
-Both run with tolerance 0 (stop at the iteration cap or when an iteration no longer improves), on the
-same `--num_threads` threads. Inertia is the sum of squared distances from each latent to its nearest
-final center.
+Both run with tolerance 0 on the same `--num_threads` threads: ours stops early only when an iteration
+does not lower the inertia, scikit-learn only when the labels stop changing. Inertia is the sum of squared
+distances from each latent to its nearest final center.
 
 Memory (K = the largest `--codebook_sizes` value): each operation runs in a fresh subprocess. On CUDA the
 number is `torch.cuda.max_memory_allocated` minus the allocation before the operation. On CPU it is the
@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_memory", action="store_true", help="Skip the peak-memory measurements.")
+    parser.add_argument(
+        "--memory_repeats", type=int, default=3, help="Fresh processes per memory measurement (min and max reported)."
+    )
     # Internal: run one memory measurement in this (fresh) process and print it as JSON.
     parser.add_argument("--memory_probe", choices=["init_codebook", "forward"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -136,7 +139,7 @@ def run_sklearn(latents: torch.Tensor, num_clusters: int, args: argparse.Namespa
 def estimated_peak_bytes(operation: str, num_latents: int, num_clusters: int) -> int:
     """Estimate the peak bytes of live tensors during `operation`, from the shapes the code allocates.
 
-    Both the nearest-code search and K-Means hold at most two `[rows, K]` float32 distance matrices at once,
+    Both the nearest-code search and K-Means keep at most two `[rows, K]` float32 distance matrices alive at once,
     with `rows = DEFAULT_CHUNK_ELEMENTS // K`, beside the latents, the codes and per-latent vectors.
     """
     rows = min(num_latents, max(1, DEFAULT_CHUNK_ELEMENTS // num_clusters))
@@ -206,18 +209,27 @@ def run_memory_probe(args: argparse.Namespace) -> None:
 
 
 def measure_memory(operation: str, args: argparse.Namespace) -> dict:
+    """Run the probe of `operation` in `--memory_repeats` fresh processes; keep every peak and the estimate."""
     command = [
         sys.executable, __file__, "--memory_probe", operation,
         "--num_latents", str(args.num_latents), "--codebook_sizes", str(max(args.codebook_sizes)),
         "--iters", str(args.memory_iters), "--mixture_components", str(args.mixture_components),
         "--device", args.device, "--num_threads", str(args.num_threads), "--seed", str(args.seed),
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"Memory probe {operation!r} failed with exit code {result.returncode}:\n{result.stderr}")
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
-    measured["estimated_bytes"] = estimated_peak_bytes(operation, args.num_latents, max(args.codebook_sizes))
-    return measured
+    peaks = []
+    for _ in range(args.memory_repeats):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"Memory probe {operation!r} failed with exit code {result.returncode}:\n{result.stderr}"
+            )
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+        peaks.append(measured["peak_increase_bytes"])
+    return {
+        "peak_increase_bytes": peaks,
+        "method": measured["method"],
+        "estimated_bytes": estimated_peak_bytes(operation, args.num_latents, max(args.codebook_sizes)),
+    }
 
 
 # Rows, resume and report.
@@ -273,9 +285,12 @@ def format_report(
         num_clusters = max(args.codebook_sizes)
         lines += [
             "",
-            f"Peak memory at K = {num_clusters}, {args.num_latents} latents, device {args.device}:",
+            f"Peak memory at K = {num_clusters}, {args.num_latents} latents, device {args.device}, "
+            f"min / max over {args.memory_repeats} fresh processes. On CPU the RSS peak also counts freed memory "
+            "that the allocator keeps, and shared-library pages read again under memory pressure, so the "
+            "minimum is the closer number.",
             "",
-            "| operation | measured peak increase (MiB) | method | estimated peak tensor bytes (MiB) |",
+            "| operation | measured peak increase, min / max (MiB) | method | estimated peak tensor bytes (MiB) |",
             "|---|---|---|---|",
         ]
         descriptions = {
@@ -284,7 +299,8 @@ def format_report(
         }
         for operation, row in memory:
             lines.append(
-                f"| {descriptions[operation]} | {row['peak_increase_bytes'] / MIB:.0f} | {row['method']} "
+                f"| {descriptions[operation]} | {min(row['peak_increase_bytes']) / MIB:.0f} / "
+                f"{max(row['peak_increase_bytes']) / MIB:.0f} | {row['method']} "
                 f"| {row['estimated_bytes'] / MIB:.0f} |"
             )
     return "\n".join(lines)
@@ -320,7 +336,12 @@ def main(argv: list[str] | None = None) -> None:
 
     memory = []
     if not args.skip_memory:
-        memory_settings = dict(settings, codebook_size=max(args.codebook_sizes), memory_iters=args.memory_iters)
+        memory_settings = dict(
+            settings,
+            codebook_size=max(args.codebook_sizes),
+            memory_iters=args.memory_iters,
+            memory_repeats=args.memory_repeats,
+        )
         for operation in ("init_codebook", "forward"):
             row = cached_row(
                 rows, f"memory-{operation}", memory_settings, lambda: measure_memory(operation, args), rows_path

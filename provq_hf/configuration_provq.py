@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 from transformers import PretrainedConfig
 
@@ -181,6 +182,14 @@ class ProVQConfig(PretrainedConfig):
             raise ValueError(f"commitment_beta must be >= 0, got {self.commitment_beta}.")
         if self.kmeans_num_samples < 1:
             raise ValueError(f"kmeans_num_samples must be >= 1, got {self.kmeans_num_samples}.")
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "ProVQConfig":
+        # transformers sets load-time overrides (`from_pretrained(dir, field=...)`) with setattr after
+        # __init__. Passing them through __init__ instead maps aliases and runs validate() on the result.
+        fields = inspect.signature(cls.__init__).parameters
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in fields and key not in ("self", "kwargs")}
+        return super().from_dict({**config_dict, **overrides}, **kwargs)
 
     # Derived values are properties, so a field overridden at load time can never leave them stale.
     @property

@@ -49,19 +49,22 @@ def assign_to_centers(
 def kmeans_plus_plus(x: torch.Tensor, num_clusters: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick `num_clusters` rows of `x` as initial centers, each with probability proportional to D(x)^2."""
     num_points = x.shape[0]
-    first = torch.randint(num_points, (1,), generator=generator, device=x.device)
-    centers = [x[first]]
-    min_dist_sq = squared_distances(x, centers[0]).squeeze(1)
-    for _ in range(1, num_clusters):
+    # Preallocated outputs: appending one row per pick between large temporaries kept the CPU allocator
+    # from returning freed memory, and the peak grew to several GB at K = 16384.
+    centers = torch.empty(num_clusters, x.shape[1], dtype=x.dtype, device=x.device)
+    first = int(torch.randint(num_points, (1,), generator=generator, device=x.device))
+    centers[0] = x[first]
+    min_dist_sq = squared_distances(x, centers[:1]).squeeze(1)
+    for i in range(1, num_clusters):
         total = min_dist_sq.sum()
         if total <= 0:  # every point already is a center (duplicates): fall back to uniform picks
             weights = torch.ones_like(min_dist_sq)
         else:
             weights = min_dist_sq
         index = torch.multinomial(weights, 1, generator=generator)
-        centers.append(x[index])
-        min_dist_sq = torch.minimum(min_dist_sq, squared_distances(x, centers[-1]).squeeze(1))
-    return torch.cat(centers, dim=0)
+        centers[i] = x[index[0]]
+        torch.minimum(min_dist_sq, squared_distances(x, centers[i : i + 1]).squeeze(1), out=min_dist_sq)
+    return centers
 
 
 def kmeans(

@@ -171,6 +171,14 @@ def test_config_from_pretrained_maps_method_alias(tmp_path):
     assert config.method == "provq_cosine"
 
 
+def test_model_from_pretrained_maps_method_alias(tmp_path):
+    ProVQTokenizer(ProVQConfig.from_preset("mnist-5k")).save_pretrained(tmp_path)
+
+    model = ProVQTokenizer.from_pretrained(tmp_path, method="provq")
+
+    assert model.config.method == "provq_cosine"
+
+
 def test_model_from_pretrained_rejects_bad_image_size(tmp_path):
     ProVQTokenizer(ProVQConfig.from_preset("mnist-5k")).save_pretrained(tmp_path)
 

@@ -18,16 +18,6 @@ from provq_hf.kmeans import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run on one intra-op thread: on a shared 2-core machine two threads spin-wait against other
-    processes, and these small convolutions and distance matrices then run up to 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def seeded(seed):
     return torch.Generator().manual_seed(seed)
 

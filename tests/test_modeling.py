@@ -7,16 +7,6 @@ from transformers import AutoModel
 from provq_hf import ProVQConfig, ProVQOutput, ProVQTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run on one intra-op thread: on a shared 2-core machine two threads spin-wait against other
-    processes, and these small convolutions and distance matrices then run up to 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def build_model(preset="mnist-5k", seed=0, **overrides):
     torch.manual_seed(seed)
     fields = {"manifold_warmup_steps": 2, "transition_steps": 4, **overrides}

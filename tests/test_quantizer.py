@@ -13,16 +13,6 @@ TRANSITION_STEPS = 4
 PHASE_STEPS = {"warmup": 0, "transition": 4, "discrete": 6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Run on one intra-op thread: on a shared 2-core machine two threads spin-wait against other
-    processes, and these small convolutions and distance matrices then run up to 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_quantizer(step=0, l2_norm=False, beta=0.25, omega="alpha", seed=0):
     torch.manual_seed(seed)
     quantizer = ProgressiveVectorQuantizer(
