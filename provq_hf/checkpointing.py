@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from safetensors import SafetensorError
 
 logger = get_logger(__name__)
 
@@ -64,9 +66,14 @@ def save_checkpoint(
     if accelerator.is_main_process:
         state = {"step": int(step), **(extra_state or {})}
         (tmp_dir / TRAINING_STATE_NAME).write_text(json.dumps(state, indent=2))
+        # An older folder of the same step is moved aside first and deleted only once the new one is in
+        # place, so a crash at any point leaves one complete checkpoint of this step on disk.
+        stale_dir = output_dir / f".stale-{CHECKPOINT_PREFIX}{step}"
         if final_dir.exists():
-            shutil.rmtree(final_dir)
+            shutil.rmtree(stale_dir, ignore_errors=True)
+            os.replace(final_dir, stale_dir)
         os.replace(tmp_dir, final_dir)
+        shutil.rmtree(stale_dir, ignore_errors=True)
         logger.info(f"Saved checkpoint {final_dir}")
         if total_limit is not None and total_limit > 0:
             for old in list_checkpoints(output_dir)[:-total_limit]:
@@ -78,11 +85,19 @@ def save_checkpoint(
 def resolve_resume_checkpoint(value: str | None, output_dir: str | os.PathLike) -> Path | None:
     """Turn a `--resume_from_checkpoint` value into a checkpoint folder.
 
-    `None` means no resume. `"latest"` picks the newest complete checkpoint in `output_dir` and
-    returns None when there is none, so a first run and a restarted run share one command line.
-    Any other value must be a checkpoint folder written by `save_checkpoint`.
+    `None` means a fresh run, which requires that `output_dir` holds no checkpoint: a fresh run would
+    otherwise mix its checkpoints with an older run's, and pruning would delete the new ones. `"latest"`
+    picks the newest complete checkpoint in `output_dir` and returns None when there is none, so a first
+    run and a restarted run share one command line. Any other value must be a checkpoint folder written
+    by `save_checkpoint`.
     """
     if value is None:
+        existing = list_checkpoints(output_dir)
+        if existing:
+            raise ValueError(
+                f"{str(output_dir)!r} already holds checkpoints of an earlier run ({existing[-1].name} is the newest). "
+                "Pass --resume_from_checkpoint latest to continue it, or choose an empty --output_dir."
+            )
         return None
     if value == "latest":
         checkpoints = list_checkpoints(output_dir)
@@ -114,7 +129,7 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike) -> dict:
         raise ValueError(f"Checkpoint {str(path)!r} has an unreadable {TRAINING_STATE_NAME}: {error}") from error
     try:
         accelerator.load_state(str(path))
-    except (OSError, RuntimeError, ValueError, KeyError) as error:
+    except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, SafetensorError) as error:
         raise ValueError(
             f"Checkpoint {str(path)!r} could not be loaded ({error}). It may be corrupted or come from "
             "a different model configuration; resume from an earlier checkpoint or start afresh."

@@ -103,6 +103,14 @@ class ProVQTokenizer(PreTrainedModel):
                 f"pixel_values has {channels} channels but this tokenizer expects {config.num_channels}; convert "
                 f"the images to {'grayscale' if config.num_channels == 1 else 'RGB'} with the image processor."
             )
+        if pixel_values.numel() > 0:
+            low, high = float(pixel_values.min()), float(pixel_values.max())
+            # A small margin lets through rounding of processed images; NaN fails both comparisons.
+            if not (low >= -1.01 and high <= 1.01):
+                raise ValueError(
+                    f"pixel_values range from {low} to {high}, but the tokenizer expects images scaled to [-1, 1]; "
+                    "use the image processor, or map uint8 pixels with x / 127.5 - 1."
+                )
         factor = config.downsample_factor
         if height % factor != 0 or width % factor != 0:
             raise ValueError(

@@ -26,6 +26,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from provq_hf.cli import HelpFormatter  # noqa: E402
+
 from provq_hf.data import load_image_tensors  # noqa: E402
 from provq_hf.domain_classifier import classifier_accuracy, load_or_train_domain_classifier  # noqa: E402
 from provq_hf.fidelity import compute_fidelity_metrics, register_domain_classifier  # noqa: E402
@@ -38,7 +40,7 @@ SAMPLING_FLAGS = ("generator", "num_samples", "cfg_scale", "temperature", "top_k
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--generator", default=None, help="Trained generator folder (needed unless --samples is given).")
     parser.add_argument("--tokenizer", default=None, help="Tokenizer folder used to decode samples (needed unless --samples).")
     parser.add_argument("--samples", default=None, help="Score an existing samples folder (PNG files + metadata.jsonl) instead of sampling.")

@@ -18,13 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provq_hf.cli import HelpFormatter  # noqa: E402
+
 from provq_hf.evaluation import evaluate_and_save  # noqa: E402
 
 logger = logging.getLogger("evaluate_tokenizer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="Folder written by train_tokenizer.py (or save_pretrained).")
     parser.add_argument("--dataset", default="mnist-5k", help="Built-in name, local image folder or Hub dataset id.")
     parser.add_argument("--split", default="test", help="Split to evaluate on.")

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provq_hf.cli import HelpFormatter  # noqa: E402
+
 from generation.token_data import TokenDatasetConfig  # noqa: E402
 from provq_hf import ProVQTokenizer  # noqa: E402
 from provq_hf.data import dataset_info, load_image_dataset, make_transform  # noqa: E402
@@ -41,7 +43,7 @@ PROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="Folder (or Hub id) of a saved ProVQ tokenizer.")
     parser.add_argument("--dataset", default="mnist-5k", help="Built-in name (mnist-5k, photo-patches), a local image folder, or a Hub dataset id.")
     parser.add_argument("--output_dir", required=True, help="Folder for the token dataset.")

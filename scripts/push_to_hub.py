@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provq_hf.cli import HelpFormatter  # noqa: E402
+
 from provq_hf.hub import HubUploadError, push_folder_to_hub, update_model_card_metrics, write_model_card  # noqa: E402
 
 logger = logging.getLogger("push_to_hub")
@@ -40,7 +42,7 @@ PROTOCOLS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_dir", required=True, help="Folder written by save_pretrained (config.json inside).")
     parser.add_argument("--hub_model_id", required=True, help="Target repo, for example USER/provq-mnist.")
     parser.add_argument("--metrics", default=None, help="A metrics.json, or a folder holding one, to add to the model card.")
@@ -51,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def refresh_model_card(model_dir: Path, metrics_path: Path) -> None:
     """Put the metrics of `metrics_path` into MODEL_DIR/README.md, writing a generic card if there is none."""
     metrics = json.loads(metrics_path.read_text())
+    evaluated = metrics.get("tokenizer") or metrics.get("settings", {}).get("generator")
+    if evaluated and Path(evaluated).resolve() != model_dir.resolve():
+        raise SystemExit(
+            f"{str(metrics_path)!r} holds metrics of {evaluated!r}, not of {str(model_dir)!r}; pass the metrics.json "
+            "that evaluate_tokenizer.py or evaluate_generator.py wrote for this model."
+        )
     config = json.loads((model_dir / "config.json").read_text())
     protocol = PROTOCOLS.get(config.get("model_type"))
     if (model_dir / "README.md").is_file():

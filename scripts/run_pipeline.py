@@ -23,10 +23,13 @@ import time
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS.parent))
+
+from provq_hf.cli import HelpFormatter  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--output_dir", default="outputs/pipeline")
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--method", default="provq_cosine", help="Tokenizer curriculum (see train_tokenizer.py --help).")

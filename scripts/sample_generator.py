@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provq_hf.cli import HelpFormatter  # noqa: E402
+
 from generation import LlamaGenForClassConditionalGeneration, generate  # noqa: E402
 from generation.image_grid import make_labelled_grid  # noqa: E402
 from generation.sampling import resolve_cfg_scale, validate_class_labels, validate_sampling_arguments  # noqa: E402
@@ -35,7 +37,7 @@ logger = get_logger("sample_generator")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--generator", required=True, help="Folder (or Hub id) of a trained generator.")
     parser.add_argument("--tokenizer", required=True, help="Folder (or Hub id) of the tokenizer the generator's token data came from.")
     parser.add_argument("--output_dir", required=True)
@@ -106,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir)
     samples_dir = output_dir / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
+    # The folder must hold only this run's samples, because evaluate_generator.py scores every file in it.
+    for stale in list(samples_dir.glob("*.png")) + list(samples_dir.glob("metadata.jsonl")):
+        stale.unlink()
     settings = {**vars(args), "class_labels": labels}
     (output_dir / "sampling_config.json").write_text(json.dumps(settings, indent=2))
 

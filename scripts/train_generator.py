@@ -31,6 +31,8 @@ from transformers import get_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provq_hf.cli import HelpFormatter  # noqa: E402
+
 from generation import PRESET_LEARNING_RATES, PRESETS, LlamaGenConfig, LlamaGenForClassConditionalGeneration  # noqa: E402
 from generation.model_card import write_generator_model_card  # noqa: E402
 from generation.token_data import TokenDatasetConfig, load_token_dataset  # noqa: E402
@@ -42,7 +44,7 @@ logger = get_logger("train_generator")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--codes", required=True, help="Token dataset folder written by scripts/extract_codes.py.")
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")

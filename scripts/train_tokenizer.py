@@ -28,6 +28,8 @@ from transformers import get_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from provq_hf.cli import HelpFormatter  # noqa: E402
+
 from provq_hf import METHODS, ProVQConfig, ProVQTokenizer  # noqa: E402
 from provq_hf.checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint  # noqa: E402
 from provq_hf.data import load_image_dataset, make_transform  # noqa: E402
@@ -48,7 +50,7 @@ DATASET_PRESETS = {"mnist-5k": "mnist-5k", "photo-patches": "small-color"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="mnist-5k", help="Built-in name (mnist-5k, photo-patches), a local image folder, or a Hub dataset id.")
     data.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes.")
@@ -144,12 +146,17 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed)
 
     # Data and model.
-    processor = ProVQImageProcessor.for_dataset(args.dataset, **({"image_size": args.image_size} if args.image_size else {}))
+    processor = ProVQImageProcessor.for_dataset(args.dataset, **({"image_size": args.image_size} if args.image_size is not None else {}))
     with accelerator.main_process_first():  # the main process builds the dataset cache once
         train_set = load_image_dataset(args.dataset, split="train").with_transform(make_transform(processor))
     config = build_config(args, processor)
     model = ProVQTokenizer(config)
-    learning_rate = args.learning_rate or (1e-4 if config.image_size >= 256 else 1e-3)
+    learning_rate = args.learning_rate if args.learning_rate is not None else (1e-4 if config.image_size >= 256 else 1e-3)
+    if config.uses_kmeans_init and config.effective_manifold_warmup_steps >= args.max_steps:
+        logger.warning(
+            f"--max_steps {args.max_steps} ends before the K-Means codebook init at step "
+            f"{config.effective_manifold_warmup_steps}: the saved codebook stays random. Train longer or resume later."
+        )
     logger.info(
         f"Training {args.method} on {args.dataset} ({len(train_set)} images), grid {config.grid_size}x{config.grid_size}, "
         f"codebook {config.codebook_size}x{config.codebook_dim}, l2 codes {config.codebook_l2_norm}, "
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             unwrapped.step_curriculum()
             global_step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{float(output.loss):.4f}", phase=output.phase, alpha=f"{output.alpha:.2f}")
+            progress.set_postfix(loss=f"{float(output.loss.detach()):.4f}", phase=output.phase, alpha=f"{output.alpha:.2f}")
 
             if global_step % args.logging_steps == 0 or global_step == args.max_steps:
                 count = sums.pop("count")

@@ -399,3 +399,18 @@ def test_from_pretrained_is_eval_mode(saved):
 
     assert not loaded.training
     assert loaded.quantizer.curriculum().phase == "discrete"
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), 255.0, -3.0])
+def test_encode_rejects_pixels_outside_unit_range(bad_value):
+    model = ProVQTokenizer(ProVQConfig.from_preset("mnist-5k")).eval()
+    pixel_values = torch.zeros(1, 1, 32, 32)
+    pixel_values[0, 0, 0, 0] = bad_value
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        model.encode(pixel_values)
+
+
+def test_from_pretrained_rejects_other_model_type(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llamagen", "grid_size": 8}')
+    with pytest.raises(ValueError, match="llamagen"):
+        ProVQConfig.from_pretrained(tmp_path)
