@@ -5,9 +5,10 @@
 
 Rows: `vanilla` with l2-normalized codes (the LlamaGen recipe), `vanilla` without, and `provq_cosine` in
 its better l2 setting on mnist-5k (lower mean rFID in the tokenizer benchmark, or --provq_l2). Each row
-and seed takes the tokenizer that benchmarks/benchmark_tokenizers.py trained with the same settings
-(training it first when that run is missing), extracts codes, trains the same generator configuration,
-samples with uniform class labels and scores the samples against the real train split. A row whose
+and seed takes the tokenizer that benchmarks/benchmark_tokenizers.py trained with the same settings, and
+trains it first when that run is missing. It then extracts codes and trains the same generator
+configuration. Last, it samples with uniform class labels and scores the samples against the real
+train split. A row whose
 metrics.json exists is skipped, so the command can be rerun after an interruption. The summary table
 (mean and standard deviation over seeds) is printed and written to OUTPUT_DIR/downstream.md.
 """

@@ -85,7 +85,7 @@ def save_checkpoint(
 def resolve_resume_checkpoint(value: str | None, output_dir: str | os.PathLike) -> Path | None:
     """Turn a `--resume_from_checkpoint` value into a checkpoint folder.
 
-    `None` means a fresh run, which requires that `output_dir` holds no checkpoint: a fresh run would
+    `None` means a fresh run, which requires that `output_dir` contains no checkpoint: a fresh run would
     otherwise mix its checkpoints with an older run's, and pruning would delete the new ones. `"latest"`
     picks the newest complete checkpoint in `output_dir` and returns None when there is none, so a first
     run and a restarted run share one command line. Any other value must be a checkpoint folder written
@@ -95,7 +95,7 @@ def resolve_resume_checkpoint(value: str | None, output_dir: str | os.PathLike) 
         existing = list_checkpoints(output_dir)
         if existing:
             raise ValueError(
-                f"{str(output_dir)!r} already holds checkpoints of an earlier run ({existing[-1].name} is the newest). "
+                f"{str(output_dir)!r} already contains checkpoints of an earlier run ({existing[-1].name} is the newest). "
                 "Pass --resume_from_checkpoint latest to continue it, or choose an empty --output_dir."
             )
         return None

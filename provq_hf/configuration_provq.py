@@ -190,7 +190,7 @@ class ProVQConfig(PretrainedConfig):
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(
-                f"This config has model_type {model_type!r}, not {cls.model_type!r}: the folder holds another kind of "
+                f"This config has model_type {model_type!r}, not {cls.model_type!r}: the folder contains another kind of "
                 "model (a generator folder passed as a tokenizer?). Pass the folder written by train_tokenizer.py."
             )
         fields = inspect.signature(cls.__init__).parameters

@@ -50,6 +50,8 @@ def feature_extractor_dir(dataset_name: str, cache_dir: str | os.PathLike | None
 
     The root is `cache_dir`, else `$PROVQ_CACHE`, else `~/.cache/provq_hf`, as for the built-in datasets.
     """
+    # NOTE: a local folder is keyed by its path only. After its images or classes change, delete this
+    # folder (or pass --feature_extractor) so the classifier is retrained on the new contents.
     from .data import cache_root
 
     return cache_root(cache_dir) / "feature_extractors" / dataset_slug(dataset_name)

@@ -1,6 +1,6 @@
 """K-Means codebook initialization: k-means++ seeding and Lloyd iterations in float32, chunked.
 
-Distances are computed in chunks of latents, so the largest temporary holds about `chunk_elements`
+Distances are computed in chunks of latents, so the largest temporary contains about `chunk_elements`
 floats (64 MiB by default). For 16384 codes and 65536 latents of dimension 8, memory then covers the
 data, the centers and one chunk. Under `torch.distributed`, latents are
 gathered from every process, K-Means runs on rank 0, and the centers are broadcast, so every process

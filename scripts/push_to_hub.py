@@ -56,7 +56,7 @@ def refresh_model_card(model_dir: Path, metrics_path: Path) -> None:
     evaluated = metrics.get("tokenizer") or metrics.get("settings", {}).get("generator")
     if evaluated and Path(evaluated).resolve() != model_dir.resolve():
         raise SystemExit(
-            f"{str(metrics_path)!r} holds metrics of {evaluated!r}, not of {str(model_dir)!r}; pass the metrics.json "
+            f"{str(metrics_path)!r} contains metrics of {evaluated!r}, not of {str(model_dir)!r}; pass the metrics.json "
             "that evaluate_tokenizer.py or evaluate_generator.py wrote for this model."
         )
     config = json.loads((model_dir / "config.json").read_text())
