@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
