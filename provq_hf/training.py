@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -62,3 +64,19 @@ def state_dict_sha256(model: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def write_rank_info(accelerator: Accelerator, output_dir: str | os.PathLike, model: nn.Module, data_seen: list) -> Path:
+    """Write OUTPUT_DIR/rank_info/rank<i>.json: process count, a sample of the data this process saw and a
+    hash of its final weights, so a multi-process test can check that ranks differ in data and agree in weights."""
+    info_dir = Path(output_dir) / "rank_info"
+    info_dir.mkdir(parents=True, exist_ok=True)
+    info = {
+        "process_index": accelerator.process_index,
+        "num_processes": accelerator.num_processes,
+        "data_seen": data_seen,
+        "state_sha256": state_dict_sha256(model),
+    }
+    path = info_dir / f"rank{accelerator.process_index}.json"
+    path.write_text(json.dumps(info))
+    return path

@@ -14,7 +14,6 @@ where it stopped, with the same data order.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -38,7 +37,7 @@ from generation.model_card import write_generator_model_card  # noqa: E402
 from generation.token_data import TokenDatasetConfig, load_token_dataset  # noqa: E402
 from provq_hf.checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint  # noqa: E402
 from provq_hf.hub import HubUploadError, push_folder_to_hub  # noqa: E402
-from provq_hf.training import batches_per_epoch, make_accelerator, optimizer_param_groups  # noqa: E402
+from provq_hf.training import batches_per_epoch, make_accelerator, optimizer_param_groups, write_rank_info  # noqa: E402
 
 logger = get_logger("train_generator")
 
@@ -120,15 +119,6 @@ def build_model(args: argparse.Namespace, codes_config: TokenDatasetConfig) -> L
         **class_names,
     )
     return LlamaGenForClassConditionalGeneration(config)
-
-
-def weights_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's bytes, in state-dict order: equal checksums mean bit-identical weights."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,15 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     progress.close()
 
     if args.rank_info:
-        info_dir = output_dir / "rank_info"
-        info_dir.mkdir(parents=True, exist_ok=True)
-        info = {
-            "process_index": accelerator.process_index,
-            "num_processes": accelerator.num_processes,
-            "rows_seen": rows_seen,
-            "weights_sha256": weights_checksum(unwrapped),
-        }
-        (info_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(info))
+        write_rank_info(accelerator, output_dir, unwrapped, rows_seen)
 
     # Final model and model card.
     accelerator.wait_for_everyone()

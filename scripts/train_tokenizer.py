@@ -40,7 +40,7 @@ from provq_hf.training import (  # noqa: E402
     collect_latents,
     make_accelerator,
     optimizer_param_groups,
-    state_dict_sha256,
+    write_rank_info,
 )
 
 logger = get_logger("train_tokenizer")
@@ -266,15 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     progress.close()
 
     if args.rank_info:
-        info_dir = output_dir / "rank_info"
-        info_dir.mkdir(parents=True, exist_ok=True)
-        info = {
-            "process_index": accelerator.process_index,
-            "num_processes": accelerator.num_processes,
-            "first_batches": rank_batches,
-            "state_sha256": state_dict_sha256(unwrapped),
-        }
-        (info_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps(info))
+        write_rank_info(accelerator, output_dir, unwrapped, rank_batches)
 
     # Final model, image processor and model card.
     accelerator.wait_for_everyone()

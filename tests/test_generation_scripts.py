@@ -199,11 +199,11 @@ def test_train_generator_two_processes_share_work(codes_dir, tmp_path):
     ranks = [json.loads((tmp_path / "rank_info" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [info["num_processes"] for info in ranks] == [2, 2]
     assert [info["process_index"] for info in ranks] == [0, 1]
-    rows_0 = {row for batch in ranks[0]["rows_seen"] for row in batch}
-    rows_1 = {row for batch in ranks[1]["rows_seen"] for row in batch}
+    rows_0 = {row for batch in ranks[0]["data_seen"] for row in batch}
+    rows_1 = {row for batch in ranks[1]["data_seen"] for row in batch}
     assert len(rows_0) == len(rows_1) == 2 * 16
     assert rows_0.isdisjoint(rows_1)
-    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["state_sha256"] == ranks[1]["state_sha256"]
     assert (tmp_path / "model.safetensors").is_file()
 
 

@@ -126,6 +126,6 @@ def test_two_process_torchrun_trains_in_sync(tmp_path):
     ranks = [json.loads((tmp_path / "rank_info" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [info["num_processes"] for info in ranks] == [2, 2]
     assert [info["process_index"] for info in ranks] == [0, 1]
-    assert ranks[0]["first_batches"][0]["labels"] != ranks[1]["first_batches"][0]["labels"]
+    assert ranks[0]["data_seen"][0]["labels"] != ranks[1]["data_seen"][0]["labels"]
     assert ranks[0]["state_sha256"] == ranks[1]["state_sha256"]
     assert ProVQTokenizer.from_pretrained(tmp_path).codebook_initialized
