@@ -54,7 +54,7 @@ def straight_run(tmp_path_factory):
     """Eight steps in one go, checkpointing every four, with a failing Hub push at the end."""
     output_dir = tmp_path_factory.mktemp("straight")
     result = _run(
-        ["--output_dir", str(output_dir), "--max_steps", "8", "--checkpointing_steps", "4",
+        ["--output_dir", str(output_dir), "--max_steps", "8", "--checkpointing_steps", "4", "--report_to", "tensorboard",
          "--push_to_hub", "--hub_model_id", "provq-tests/never-uploaded"],
         check=False,
     )
@@ -79,6 +79,11 @@ def test_train_script_logs_curriculum_and_kmeans(straight_run):
     assert "phase=discrete" in log
     assert "codebook_utilization=" in log
     assert "dead_codes=" in log
+
+
+def test_train_script_writes_tensorboard_events(straight_run):
+    output_dir, _ = straight_run
+    assert list((output_dir / "logs").rglob("events.out.tfevents.*"))
 
 
 def test_push_to_hub_fails_fast_offline_after_saving(straight_run):
