@@ -6,6 +6,8 @@ import copy
 
 from transformers import PretrainedConfig
 
+from provq_hf.configuration_provq import check_model_type
+
 # Architecture presets. GPT-B and GPT-L use LlamaGen's sizes; the small presets train on a CPU in minutes.
 PRESETS: dict[str, dict] = {
     "GPT-B": {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12},
@@ -178,6 +180,11 @@ class LlamaGenConfig(PretrainedConfig):
     def null_class_id(self) -> int:
         """Class id of the unconditional prompt used by classifier-free guidance."""
         return self.num_classes
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "LlamaGenConfig":
+        check_model_type(config_dict, cls.model_type, "train_generator.py")
+        return super().from_dict(config_dict, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LlamaGenConfig":

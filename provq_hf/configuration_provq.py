@@ -60,6 +60,16 @@ PRESETS: dict[str, dict] = {
 PRESET_ALIASES = {"photo-patches": "small-color", "vq16": "llamagen-vq16"}
 
 
+def check_model_type(config_dict: dict, expected: str, training_script: str) -> None:
+    """Raise a ValueError when a saved config belongs to another kind of model than `expected`."""
+    model_type = config_dict.get("model_type", expected)
+    if model_type != expected:
+        raise ValueError(
+            f"This config has model_type {model_type!r}, not {expected!r}: the folder contains another kind of model "
+            f"(a tokenizer and a generator folder swapped?). Pass the folder written by {training_script}."
+        )
+
+
 class ProVQConfig(PretrainedConfig):
     """Configuration for [`ProVQTokenizer`].
 
@@ -187,12 +197,7 @@ class ProVQConfig(PretrainedConfig):
     def from_dict(cls, config_dict: dict, **kwargs) -> "ProVQConfig":
         # transformers sets load-time overrides (`from_pretrained(dir, field=...)`) with setattr after
         # __init__. Passing them through __init__ instead maps aliases and runs validate() on the result.
-        model_type = config_dict.get("model_type", cls.model_type)
-        if model_type != cls.model_type:
-            raise ValueError(
-                f"This config has model_type {model_type!r}, not {cls.model_type!r}: the folder contains another kind of "
-                "model (a generator folder passed as a tokenizer?). Pass the folder written by train_tokenizer.py."
-            )
+        check_model_type(config_dict, cls.model_type, "train_tokenizer.py")
         fields = inspect.signature(cls.__init__).parameters
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in fields and key not in ("self", "kwargs")}
         return super().from_dict({**config_dict, **overrides}, **kwargs)

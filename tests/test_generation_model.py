@@ -184,3 +184,11 @@ def test_model_card_names_tokenizer_and_size(tmp_path):
     assert "outputs/tokenizer" in card
     assert "| `max_steps` | 10 |" in card
     assert f"{model.num_parameters() / 1e6:.1f}M parameters" in card
+
+
+def test_from_pretrained_rejects_tokenizer_folder(tmp_path):
+    from provq_hf import ProVQConfig, ProVQTokenizer
+
+    ProVQTokenizer(ProVQConfig.from_preset("mnist-5k")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type 'provq'"):
+        LlamaGenForClassConditionalGeneration.from_pretrained(tmp_path)
