@@ -36,7 +36,7 @@ class TokenDatasetConfig:
         num_classes: number of image classes; labels are in `[0, num_classes)`.
         splits: rows per saved split, flipped copies included.
         image_size: side of the square images the tokenizer encoded, in pixels.
-        flip: whether each split also holds the ids of horizontally flipped images.
+        flip: whether each split also contains the ids of horizontally flipped images.
         class_names: name of each class, indexed by label, when the dataset has names.
     """
 

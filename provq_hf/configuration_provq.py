@@ -165,6 +165,7 @@ class ProVQConfig(PretrainedConfig):
             raise ValueError(
                 f"Unknown reconstruction_loss {self.reconstruction_loss!r}; expected one of {RECONSTRUCTION_LOSSES}."
             )
+
         for name in ("image_size", "num_channels", "base_channels", "z_channels", "codebook_size", "codebook_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -175,6 +176,7 @@ class ProVQConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
         if not self.ch_mult or any(not isinstance(m, int) or m < 1 for m in self.ch_mult):
             raise ValueError(f"ch_mult must be a non-empty list of positive integers, got {self.ch_mult!r}.")
+
         if self.image_size % self.downsample_factor != 0:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of the downsampling factor "

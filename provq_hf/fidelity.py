@@ -330,7 +330,7 @@ def compute_fidelity_metrics(
 
     Returns:
         A dict with the keys of the requested metrics: `fid`, `kid` and `kid_std`, `inception_score` and
-        `inception_score_std`, `precision` and `recall`. It also holds `feature_extractor` (its
+        `inception_score_std`, `precision` and `recall`. It also contains `feature_extractor` (its
         description), `num_generated`, `num_real` and `settings` (the torch-fidelity options that shape
         the numbers).
     """

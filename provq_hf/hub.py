@@ -131,3 +131,12 @@ def push_folder_to_hub(folder: str | os.PathLike, repo_id: str, token: str | Non
         ) from error
     logger.info(f"Pushed {folder} to {repo_id}")
     return str(commit)
+
+
+def push_folder_or_exit(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
+    """Run `push_folder_to_hub` for a command-line script: log the failure and exit with status 1."""
+    try:
+        return push_folder_to_hub(folder, repo_id, private=private)
+    except HubUploadError as error:
+        logger.error(str(error))
+        raise SystemExit(1) from error

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
+from .checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint
+
 
 
 def make_accelerator(**kwargs) -> Accelerator:
@@ -80,3 +82,33 @@ def write_rank_info(accelerator: Accelerator, output_dir: str | os.PathLike, mod
     path = info_dir / f"rank{accelerator.process_index}.json"
     path.write_text(json.dumps(info))
     return path
+
+
+def start_or_resume(accelerator: Accelerator, args, output_dir: Path, tracker_name: str) -> tuple[int, int, int]:
+    """Restore `args.resume_from_checkpoint` if any, save training_args.json and start the trackers.
+
+    Returns `(optimizer step, epoch, batches already taken in that epoch)`, all 0 for a fresh run.
+    """
+    global_step, epoch, batch_in_epoch = 0, 0, 0
+    checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint)
+        global_step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
+    if args.report_to:
+        accelerator.init_trackers(tracker_name, config={k: v for k, v in vars(args).items() if v is not None})
+    return global_step, epoch, batch_in_epoch
+
+
+def save_checkpoint_if_due(
+    accelerator: Accelerator, args, output_dir: Path, global_step: int, epoch: int, batch_in_epoch: int
+) -> None:
+    """Save a resumable checkpoint every `args.checkpointing_steps` optimizer steps (0 disables)."""
+    if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+        save_checkpoint(
+            accelerator, output_dir, global_step,
+            extra_state={"epoch": epoch, "batch_in_epoch": batch_in_epoch},
+            total_limit=args.checkpoints_total_limit,
+        )

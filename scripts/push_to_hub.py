@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provq_hf.cli import HelpFormatter  # noqa: E402
 
-from provq_hf.hub import HubUploadError, push_folder_to_hub, update_model_card_metrics, write_model_card  # noqa: E402
+from provq_hf.hub import push_folder_or_exit, update_model_card_metrics, write_model_card  # noqa: E402
 
 logger = logging.getLogger("push_to_hub")
 
@@ -96,11 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.metrics:
         raise SystemExit(f"Metrics file {str(metrics_path)!r} not found.")
 
-    try:
-        url = push_folder_to_hub(model_dir, args.hub_model_id, private=args.private)
-    except HubUploadError as error:
-        logger.error(str(error))
-        raise SystemExit(1) from error
+    url = push_folder_or_exit(model_dir, args.hub_model_id, private=args.private)
     logger.info(f"Uploaded: {url}")
 
 

@@ -14,7 +14,6 @@ where it stopped, with the same data order.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -35,9 +34,15 @@ from provq_hf.cli import HelpFormatter  # noqa: E402
 from generation import PRESET_LEARNING_RATES, PRESETS, LlamaGenConfig, LlamaGenForClassConditionalGeneration  # noqa: E402
 from generation.model_card import write_generator_model_card  # noqa: E402
 from generation.token_data import TokenDatasetConfig, load_token_dataset  # noqa: E402
-from provq_hf.checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint  # noqa: E402
-from provq_hf.hub import HubUploadError, push_folder_to_hub  # noqa: E402
-from provq_hf.training import batches_per_epoch, make_accelerator, optimizer_param_groups, write_rank_info  # noqa: E402
+from provq_hf.hub import HubUploadError, push_folder_or_exit  # noqa: E402
+from provq_hf.training import (  # noqa: E402
+    batches_per_epoch,
+    make_accelerator,
+    optimizer_param_groups,
+    save_checkpoint_if_due,
+    start_or_resume,
+    write_rank_info,
+)
 
 logger = get_logger("train_generator")
 
@@ -151,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         columns.append("row_index")
     train_set = train_set.with_format("torch", columns=columns)
     preset = args.preset if args.generator is None else None
-    learning_rate = args.learning_rate or PRESET_LEARNING_RATES.get(preset, 1e-4)
+    learning_rate = args.learning_rate
+    if learning_rate is None:
+        learning_rate = PRESET_LEARNING_RATES.get(preset, 1e-4)
     logger.info(
         f"Training {args.generator or args.preset} ({model.num_parameters() / 1e6:.2f}M parameters) on {args.codes} "
         f"({len(train_set)} sequences of {config.num_image_tokens} tokens, codebook {config.codebook_size}, "
@@ -174,17 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
-    # Resume.
-    global_step, epoch, batch_in_epoch = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint)
-        global_step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
-    if args.report_to:
-        accelerator.init_trackers("llamagen_generator", config={k: v for k, v in vars(args).items() if v is not None})
+    global_step, epoch, batch_in_epoch = start_or_resume(accelerator, args, output_dir, "llamagen_generator")
 
     steps_per_epoch = batches_per_epoch(len(train_set), args.batch_size, accelerator.num_processes) // args.gradient_accumulation_steps
     if len(train_set) < args.batch_size * accelerator.num_processes or steps_per_epoch < 1:
@@ -232,12 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.report_to:
                     accelerator.log(logs, step=global_step)
 
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator, output_dir, global_step,
-                    extra_state={"epoch": epoch, "batch_in_epoch": batch_in_epoch},
-                    total_limit=args.checkpoints_total_limit,
-                )
+            save_checkpoint_if_due(accelerator, args, output_dir, global_step, epoch, batch_in_epoch)
             if global_step >= args.max_steps:
                 break
         else:
@@ -269,11 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.end_training()
 
     if args.push_to_hub and accelerator.is_main_process:
-        try:
-            push_folder_to_hub(output_dir, args.hub_model_id)
-        except HubUploadError as error:
-            logger.error(str(error))
-            raise SystemExit(1) from error
+        push_folder_or_exit(output_dir, args.hub_model_id)
 
 
 if __name__ == "__main__":

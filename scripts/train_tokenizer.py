@@ -12,7 +12,6 @@ folders. Rerunning the same command with `--resume_from_checkpoint latest` conti
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -30,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from provq_hf.cli import HelpFormatter  # noqa: E402
 
 from provq_hf import METHODS, ProVQConfig, ProVQTokenizer  # noqa: E402
-from provq_hf.checkpointing import load_checkpoint, resolve_resume_checkpoint, save_checkpoint  # noqa: E402
 from provq_hf.data import load_image_dataset, make_transform  # noqa: E402
-from provq_hf.hub import HubUploadError, push_folder_to_hub, write_model_card  # noqa: E402
+from provq_hf.hub import push_folder_or_exit, write_model_card  # noqa: E402
 from provq_hf.image_processing_provq import ProVQImageProcessor  # noqa: E402
 from provq_hf.metrics import CodeUsageTracker  # noqa: E402
 from provq_hf.training import (  # noqa: E402
@@ -40,6 +38,8 @@ from provq_hf.training import (  # noqa: E402
     collect_latents,
     make_accelerator,
     optimizer_param_groups,
+    save_checkpoint_if_due,
+    start_or_resume,
     write_rank_info,
 )
 
@@ -185,17 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     unwrapped = accelerator.unwrap_model(model)
 
-    # Resume.
-    global_step, epoch, batch_in_epoch = 0, 0, 0
-    checkpoint = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    if checkpoint is not None:
-        state = load_checkpoint(accelerator, checkpoint)
-        global_step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2))
-    if args.report_to:
-        accelerator.init_trackers("provq_tokenizer", config={k: v for k, v in vars(args).items() if v is not None})
+    global_step, epoch, batch_in_epoch = start_or_resume(accelerator, args, output_dir, "provq_tokenizer")
 
     tracker = CodeUsageTracker(config.codebook_size, window_size=args.usage_window)
     sums: dict[str, float] = {}
@@ -253,12 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.report_to:
                     accelerator.log({k: v for k, v in logs.items() if not isinstance(v, str)}, step=global_step)
 
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                save_checkpoint(
-                    accelerator, output_dir, global_step,
-                    extra_state={"epoch": epoch, "batch_in_epoch": batch_in_epoch},
-                    total_limit=args.checkpoints_total_limit,
-                )
+            save_checkpoint_if_due(accelerator, args, output_dir, global_step, epoch, batch_in_epoch)
             if global_step >= args.max_steps:
                 break
         else:
@@ -278,11 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.end_training()
 
     if args.push_to_hub and accelerator.is_main_process:
-        try:
-            push_folder_to_hub(output_dir, args.hub_model_id)
-        except HubUploadError as error:
-            logger.error(str(error))
-            raise SystemExit(1) from error
+        push_folder_or_exit(output_dir, args.hub_model_id)
 
 
 def write_tokenizer_card(output_dir: Path, args: argparse.Namespace, config: ProVQConfig, learning_rate: float) -> None:
